@@ -1,0 +1,167 @@
+"""Execute one run spec in the current process and build its rows.
+
+This is what a run's child process does: build the task and the solver, ask
+``skip``, time ``setup`` / ``run`` / metric evaluation, and turn everything —
+including exceptions and non-finite output — into rows with a status.
+"""
+from __future__ import annotations
+
+import json
+import resource
+import time
+import traceback
+from datetime import datetime, timezone
+from typing import Any, Callable
+
+import numpy as np
+
+from runners import grid, registry
+from solvers.base import GPU, GPU_ONLY, RunContext, SolverResult
+
+ERROR_CHARS = 2000
+
+
+def config_label(params: dict) -> str:
+    """``{"b": 2, "a": 1}`` → ``"a=1,b=2"`` (stable, human readable)."""
+    return ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def base_row(spec: dict, options: dict) -> dict[str, Any]:
+    """Fields shared by all rows of a run (no outcome yet)."""
+    row = {
+        "run_id": spec["run_id"], "task": spec["task"], "task_version": spec["task_version"],
+        "task_config": config_label(spec["task_params"]),
+        "solver": spec["solver"], "solver_version": spec["solver_version"],
+        "solver_code": spec["solver_code"], "solver_config": config_label(spec["solver_params"]),
+        "seed": spec["seed"], "metric_versions": json.dumps(spec["metrics"], sort_keys=True),
+    }
+    row.update({f"task.{k}": v for k, v in spec["task_params"].items()})
+    row.update({f"solver.{k}": v for k, v in spec["solver_params"].items()})
+    row.update({"device": options.get("device", "cpu"), "n_threads": options.get("n_threads", 1)})
+    row.update(options.get("provenance", {}))
+    return row
+
+
+def outcome_rows(spec: dict, options: dict, status: str, error: str = "",
+                 **fields: Any) -> list[dict]:
+    """One row per evaluation time with the same outcome (error, timeout, skip)."""
+    base = base_row(spec, options)
+    metrics = {name: None for name in spec["metrics"]}
+    return [{**base, "t": t, "status": status, "error": error[:ERROR_CHARS],
+             "time_setup": None, "time_run": None, "time_eval": None, "peak_mem_mb": None,
+             **metrics, "reference_error": None, "reference_provenance": None, "info": "{}",
+             "finished_at": _now(), **fields} for t in spec["times"]]
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _peak_mem_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+
+
+def _describe_exception(exc: BaseException) -> str:
+    tb = traceback.extract_tb(exc.__traceback__)
+    where = f" (at {tb[-1].filename.rsplit('/', 1)[-1]}:{tb[-1].lineno})" if tb else ""
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _finite(result: SolverResult) -> bool:
+    if result.samples is not None and not np.isfinite(result.samples).all():
+        return False
+    return True
+
+
+def _evaluate(spec: dict, task, result: SolverResult, t: float, t_index: int) -> dict[str, Any]:
+    """Metric values at one time; NaN where a metric does not apply."""
+    reference = task.reference(t)
+    rng = np.random.default_rng(grid.metric_seed(spec, t_index))
+    values: dict[str, Any] = {}
+    for name in spec["metrics"]:
+        metric = registry.get_metric(name)
+        # each metric gets its own stream so adding a metric changes no other value
+        metric_rng = np.random.default_rng([int(rng.integers(2**31)), grid.stable_int(name)])
+        values[name] = metric(result, reference, rng=metric_rng) \
+            if metric.applies(result, reference) else None
+    if reference.grid is not None and reference.density is not None \
+            and result.log_density is not None:
+        values["curve"] = _curve(reference, result)
+    values["reference_error"] = reference.error_estimate
+    values["reference_provenance"] = reference.provenance
+    return values
+
+
+def _curve(reference, result, n_points: int = 200) -> str:
+    """Solver and reference densities on ≤200 grid points, for density figures."""
+    step = max(1, len(reference.grid) // n_points)
+    x = reference.grid[::step]
+    p = np.exp(np.asarray(result.log_density(x[:, None]), dtype=np.float64))
+    return json.dumps({"x": x.round(5).tolist(), "solver": p.round(7).tolist(),
+                       "reference": reference.density[::step].round(7).tolist()})
+
+
+def resolve_device(solver_cls, requested: str) -> tuple[str, str]:
+    """(device, skip reason) for a solver given the requested device."""
+    import torch
+
+    caps = solver_cls.capabilities
+    has_cuda = torch.cuda.is_available()
+    if GPU_ONLY in caps and not has_cuda:
+        return "cpu", "GPU-only solver and this host has no CUDA device"
+    if requested.startswith("cuda") and GPU in caps | {GPU_ONLY} and has_cuda:
+        return requested, ""
+    if GPU_ONLY in caps:
+        return "cuda", ""
+    return "cpu", ""
+
+
+def execute(spec: dict, options: dict,
+            progress: Callable[[int, int, str], None] | None = None) -> list[dict]:
+    """Run ``spec`` and return its rows; never raises for solver failures."""
+    try:
+        task_cls = registry.get_task(spec["task"])
+        solver_cls = registry.get_solver(spec["solver"])
+        device, reason = resolve_device(solver_cls, options.get("device", "cpu"))
+        options = {**options, "device": device}
+        if reason:
+            return outcome_rows(spec, options, "skipped", reason)
+        task = task_cls(grid.task_seed(spec), **spec["task_params"])
+        solver = solver_cls(**spec["solver_params"])
+        skip, reason = solver.skip(task)
+        if skip:
+            return outcome_rows(spec, options, "skipped", reason)
+        context = RunContext(device=device, n_threads=int(options.get("n_threads", 1)),
+                             progress=progress or (lambda done, total, message="": None))
+        start = time.perf_counter()
+        solver.setup(task, list(spec["times"]), grid.solver_seed(spec), context)
+        time_setup = time.perf_counter() - start
+        start = time.perf_counter()
+        results = solver.run()
+        time_run = time.perf_counter() - start
+    except Exception as exc:  # a failing solver is a status row, never a crash
+        return outcome_rows(spec, options, "error", _describe_exception(exc))
+
+    rows, base = [], base_row(spec, options)
+    for t_index, t in enumerate(spec["times"]):
+        row = {**base, "t": t, "time_setup": time_setup, "time_run": time_run}
+        result = results.get(t) if hasattr(results, "get") else None
+        start = time.perf_counter()
+        try:
+            if result is None:
+                raise RuntimeError(f"solver returned no result for t={t}")
+            status = "ok" if _finite(result) else "diverged"
+            values = _evaluate(spec, task, result, t, t_index)
+            error = "non-finite samples" if status == "diverged" else ""
+            if status == "diverged":
+                values.update({name: None for name in spec["metrics"]})
+            info = json.dumps(result.info, default=str)
+        except Exception as exc:
+            status, error, info = "error", _describe_exception(exc), "{}"
+            values = {name: None for name in spec["metrics"]}
+            values.update(reference_error=None, reference_provenance=None)
+        row.update(status=status, error=error[:ERROR_CHARS], **values, info=info,
+                   time_eval=time.perf_counter() - start, peak_mem_mb=_peak_mem_mb(),
+                   finished_at=_now())
+        rows.append(row)
+    return rows

@@ -1,0 +1,110 @@
+"""Run profiles: TOML or YAML files describing a grid.
+
+Schema (TOML shown; YAML has the same keys)::
+
+    description = "..."
+    [run]                       # all optional
+    seeds = 3                   # N (0..N-1) or a list of seeds
+    timeout = 600               # seconds per run (hard)
+    n_jobs = 2
+    metrics = ["symkl", "energy"]
+    device = "cpu"              # cpu | cuda
+    [tasks.ou]                  # task name -> parameter grid (+ optional times)
+    dim = [1, 2, 4]
+    times = [0.5, 0.9]
+    [solvers.em]                # solver name -> parameter grid
+    n_particles = [1000]
+
+Several ``[[grid]]`` blocks, each with its own ``tasks`` and ``solvers``
+tables, cross only within a block (e.g. JKO settings per task).
+Unknown keys are errors, never ignored.
+"""
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from runners.grid import BadInput, GridBlock, RunConfig, parse_seeds
+
+BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
+TOP_KEYS = {"description", "run", "tasks", "solvers", "grid"}
+RUN_KEYS = {"seeds", "timeout", "n_jobs", "metrics", "device", "seed_entropy", "backend",
+            "scheduler", "retry_failed", "n_threads"}
+
+
+def builtin_profiles() -> dict[str, Path]:
+    """Built-in profile names → files."""
+    return {p.stem: p for p in sorted(BUILTIN_DIR.glob("*.toml"))}
+
+
+def read_profile(name_or_path: str) -> dict[str, Any]:
+    """Parse a profile by built-in name or file path into a dict."""
+    path = Path(name_or_path)
+    if not path.is_file():
+        builtin = builtin_profiles()
+        if name_or_path not in builtin:
+            raise BadInput(f"no profile {name_or_path!r}: not a file and not one of "
+                           f"{', '.join(builtin)}")
+        path = builtin[name_or_path]
+    try:
+        text = path.read_text()
+        data = yaml.safe_load(text) if path.suffix in (".yaml", ".yml") else tomllib.loads(text)
+    except (OSError, tomllib.TOMLDecodeError, yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise BadInput(f"cannot parse profile {str(path)!r}: {first}") from None
+    if not isinstance(data, dict):
+        raise BadInput(f"profile {str(path)!r} must be a table/mapping at the top level")
+    return data
+
+
+def _grid_table(where: str, table: Any) -> dict[str, dict[str, list]]:
+    if table is None:
+        return {}
+    if not isinstance(table, dict):
+        raise BadInput(f"profile: {where} must be a table of name -> parameter grid")
+    out = {}
+    for name, params in table.items():
+        params = params or {}
+        if not isinstance(params, dict):
+            raise BadInput(f"profile: {where}.{name} must be a table of parameter -> values")
+        out[name] = {k: (list(v) if isinstance(v, (list, tuple)) else [v])
+                     for k, v in params.items()}
+        if any(len(v) == 0 for v in out[name].values()):
+            raise BadInput(f"profile: {where}.{name} has an empty value list")
+    return out
+
+
+def to_config(data: dict[str, Any]) -> RunConfig:
+    """Validate a parsed profile and turn it into a :class:`RunConfig`."""
+    unknown = set(data) - TOP_KEYS
+    if unknown:
+        raise BadInput(f"profile: unknown key(s) {sorted(unknown)}; allowed: {sorted(TOP_KEYS)}")
+    run = data.get("run", {}) or {}
+    if not isinstance(run, dict) or set(run) - RUN_KEYS:
+        bad = sorted(set(run) - RUN_KEYS) if isinstance(run, dict) else run
+        raise BadInput(f"profile: unknown [run] key(s) {bad}; allowed: {sorted(RUN_KEYS)}")
+    blocks = []
+    if "tasks" in data or "solvers" in data:
+        blocks.append(GridBlock(_grid_table("tasks", data.get("tasks")),
+                                _grid_table("solvers", data.get("solvers"))))
+    for i, block in enumerate(data.get("grid", []) or []):
+        if not isinstance(block, dict) or set(block) - {"tasks", "solvers"}:
+            raise BadInput(f"profile: grid block {i} may only hold 'tasks' and 'solvers'")
+        blocks.append(GridBlock(_grid_table(f"grid[{i}].tasks", block.get("tasks")),
+                                _grid_table(f"grid[{i}].solvers", block.get("solvers"))))
+    config = RunConfig(blocks=blocks)
+    if "seeds" in run:
+        config.seeds = parse_seeds(run["seeds"])
+    for key in ("timeout", "n_jobs", "seed_entropy", "n_threads"):
+        if key in run:
+            value = run[key]
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
+                raise BadInput(f"profile: run.{key} must be a positive number, got {value!r}")
+            setattr(config, key, value if key == "timeout" else int(value))
+    for key in ("metrics", "device", "backend", "scheduler", "retry_failed"):
+        if key in run:
+            setattr(config, key, run[key])
+    return config

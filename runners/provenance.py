@@ -1,0 +1,58 @@
+"""Where a result came from: versions, git state, machine."""
+from __future__ import annotations
+
+import os
+import platform
+import socket
+import subprocess
+import sys
+from functools import lru_cache
+from importlib import metadata
+from pathlib import Path
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
+def _git(*args: str) -> str:
+    try:
+        out = subprocess.run(["git", "-C", str(PROJECT_ROOT), *args], capture_output=True,
+                             text=True, timeout=10, check=True)
+        return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+@lru_cache(maxsize=1)
+def provenance() -> dict[str, object]:
+    """Provenance fields stored in every row (computed once per process)."""
+    import numpy
+    import torch
+
+    try:
+        version = metadata.version("gfbench")
+    except metadata.PackageNotFoundError:
+        version = "unknown"
+    sha = _git("rev-parse", "HEAD")
+    dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if sha else None
+    return {
+        "gfbench_version": version,
+        "git_sha": sha or "unknown",
+        "git_dirty": dirty,
+        "python": platform.python_version(),
+        "numpy": numpy.__version__,
+        "torch": torch.__version__,
+        "host": socket.gethostname(),
+        "platform": f"{platform.system()}-{platform.machine()}",
+        "cpu_count": os.cpu_count(),
+        "machine_id": machine_id(),
+        "argv0": Path(sys.argv[0]).name,
+    }
+
+
+def machine_id() -> str:
+    """An identifier of the hardware, used to decide whether timings compare."""
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "nogpu"
+    cpu = platform.processor() or platform.machine()
+    return f"{socket.gethostname()}|{cpu}|{os.cpu_count()}cpu|{gpu}"

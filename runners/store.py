@@ -1,0 +1,170 @@
+"""Per-run result files and their aggregation.
+
+Layout of a results directory::
+
+    OUT/runs/<run_id>.json   one file per run, written atomically
+    OUT/results.csv          aggregate, one row per (run, t)
+    OUT/results.parquet      same, typed
+
+A run file holds its spec, its rows and a sha256 checksum of both; a file
+that fails to parse or to match its checksum counts as missing (the run is
+redone) and is reported.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterable
+
+import pandas as pd
+
+FORMAT = 1
+#: statuses of a finished run (not retried on resume)
+FINAL = ("ok", "skipped", "diverged")
+#: statuses of a failed run (retried on resume unless told not to)
+FAILED = ("error", "timeout")
+STATUSES = FINAL + FAILED
+
+
+class StoreError(OSError):
+    """The results directory cannot be written."""
+
+
+def runs_dir(out: Path) -> Path:
+    return Path(out) / "runs"
+
+
+def _json_default(obj: Any) -> Any:
+    if hasattr(obj, "item"):
+        return obj.item()
+    if hasattr(obj, "tolist"):
+        return obj.tolist()
+    return str(obj)
+
+
+def _clean(value: Any) -> Any:
+    """NaN/inf become None so the file is strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean(v) for v in value]
+    return value
+
+
+def _checksum(spec: dict, rows: list[dict]) -> str:
+    body = json.dumps({"spec": spec, "rows": rows}, sort_keys=True, default=_json_default)
+    return hashlib.sha256(body.encode()).hexdigest()
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` through a temporary file and a rename."""
+    path = Path(path)
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as exc:
+        raise StoreError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
+    try:
+        with os.fdopen(fd, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def atomic_write_bytes(path: Path, writer) -> None:
+    """Call ``writer(tmp_path)`` then rename onto ``path`` (for parquet, PNG...)."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        writer(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def write_run(out: Path, spec: dict, rows: list[dict]) -> Path:
+    """Atomically write one run's rows; returns the file path."""
+    rows = [_clean(r) for r in rows]
+    spec = _clean(spec)
+    payload = {"format": FORMAT, "run_id": spec["run_id"], "spec": spec, "rows": rows,
+               "checksum": _checksum(spec, rows)}
+    path = runs_dir(out) / f"{spec['run_id']}.json"
+    atomic_write_text(path, json.dumps(payload, default=_json_default, allow_nan=False))
+    return path
+
+
+def read_run(path: Path) -> dict | None:
+    """A run file's payload, or None when it is corrupt, partial or foreign."""
+    try:
+        payload = json.loads(Path(path).read_text())
+        ok = (isinstance(payload, dict) and payload.get("format") == FORMAT
+              and payload.get("checksum") == _checksum(payload["spec"], payload["rows"])
+              and payload["run_id"] == Path(path).stem)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return payload if ok else None
+
+
+def scan(out: Path) -> tuple[dict[str, dict], list[Path]]:
+    """Valid run payloads by run id, and the list of corrupt files."""
+    valid, corrupt = {}, []
+    directory = runs_dir(out)
+    if not directory.is_dir():
+        return valid, corrupt
+    for path in sorted(directory.glob("*.json")):
+        payload = read_run(path)
+        if payload is None:
+            corrupt.append(path)
+        else:
+            valid[payload["run_id"]] = payload
+    return valid, corrupt
+
+
+def run_status(payload: dict) -> str:
+    """One status for a whole run: the worst of its rows."""
+    statuses = {row["status"] for row in payload["rows"]}
+    for status in ("error", "timeout", "diverged"):
+        if status in statuses:
+            return status
+    return "skipped" if statuses == {"skipped"} else "ok"
+
+
+def load(out: Path | Iterable[Path]) -> pd.DataFrame:
+    """All rows of one or several results directories as one DataFrame."""
+    outs = [Path(out)] if isinstance(out, (str, Path)) else [Path(o) for o in out]
+    rows = []
+    for directory in outs:
+        valid, _ = scan(directory)
+        for payload in valid.values():
+            rows.extend(payload["rows"])
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame = frame.sort_values(["task", "solver", "solver_config", "task_config", "seed", "t"],
+                                  kind="stable").reset_index(drop=True)
+    return frame
+
+
+def export(out: Path) -> pd.DataFrame:
+    """Aggregate ``out`` and write results.csv and results.parquet atomically."""
+    out = Path(out)
+    frame = load(out)
+    atomic_write_text(out / "results.csv", frame.to_csv(index=False))
+    atomic_write_bytes(out / "results.parquet", lambda p: frame.to_parquet(p, index=False))
+    return frame
