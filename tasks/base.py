@@ -92,6 +92,8 @@ class Task(abc.ABC):
     parameters: ClassVar[dict[str, list]] = {}
     default_times: ClassVar[tuple[float, ...]] = ()
     description: ClassVar[str] = ""
+    #: metric the leaderboard ranks by (a metric name; its direction comes from the metric)
+    primary_metric: ClassVar[str] = "energy"
 
     #: state dimension, set by the constructor
     dim: int
