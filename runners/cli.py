@@ -58,6 +58,7 @@ def _build_parser() -> argparse.ArgumentParser:
     board = sub.add_parser("leaderboard", help="rank solvers per (task, dim)")
     board.add_argument("results", nargs="+")
     board.add_argument("--out", help="directory for leaderboard.md/.csv (default RESULTS)")
+    board.add_argument("--metric", help="rank by this metric instead of each task's primary one")
 
     compare = sub.add_parser("compare", help="regression check of NEW against BASELINE")
     compare.add_argument("baseline")
@@ -296,7 +297,11 @@ def cmd_leaderboard(args) -> int:
     dirs = _require_results(args.results)
     out = Path(args.out) if args.out else dirs[0]
     check_writable(out)
-    paths = write_leaderboard(dirs, out)
+    from runners import registry
+
+    if args.metric and args.metric not in registry.metrics():
+        raise BadInput(f"unknown metric {args.metric!r}; known: {', '.join(registry.metrics())}")
+    paths = write_leaderboard(dirs, out, metric=args.metric)
     print(f"gfbench: leaderboard -> {paths['markdown']} and {paths['csv']}")
     return EXIT_OK
 
