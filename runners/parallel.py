@@ -25,7 +25,7 @@ from typing import Callable
 from runners import store
 from runners.execute import execute, outcome_rows
 
-_PRELOAD = ["runners.execute"]
+_PRELOAD = ["runners.execute", "runners.preload"]
 _PROGRESS_PERIOD_S = 1.0
 
 

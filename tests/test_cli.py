@@ -1,0 +1,94 @@
+"""Bad input: one clear line on stderr, exit code 2, nothing written."""
+from __future__ import annotations
+
+import pytest
+
+from conftest import TINY
+
+BASE = ["run", "--times", "0.1", "--seeds", "1", "--quiet"]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--task", "nope", "--solver", "em"], "unknown task"),
+    (["--task", "ou", "--solver", "nope"], "unknown solver"),
+    (["--task", "ou", "--solver", "em", "-P", "em.nope=1"], "nope"),
+    (["--task", "ou", "--solver", "em", "-P", "ou.dim=0"], "dim"),
+    (["--task", "ou", "--solver", "em", "-P", "em.dt=-1e-3"], "dt"),
+    (["--task", "ou", "--solver", "em", "-P", "em.dt=nan"], "dt"),
+    (["--task", "ou", "--solver", "em", "-P", "em.n_particles=inf"], "n_particles"),
+    (["--task", "ou", "--solver", "em", "-P", "em.dt"], "-P"),
+    (["--task", "ou", "--solver", "em", "-P", "emdt=1"], "-P"),
+    (["--task", "ou", "--solver", "em", "--times", "0.1,abc"], "time"),
+    (["--task", "ou", "--solver", "em", "--times", "-1"], "time"),
+    (["--task", "ou", "--solver", "em", "--seeds", "x"], "seed"),
+    (["--task", "ou", "--solver", "em", "-j", "0"], "jobs"),
+    (["--task", "ou", "--solver", "em", "--timeout", "-5"], "timeout"),
+    (["--task", "ou", "--solver", "em", "--metrics", "nope"], "unknown metric"),
+    (["--task", "ou", "--solver", "em", "--backend", "nope"], "backend"),
+    (["--profile", "no-such-profile"], "no profile"),
+])
+def test_bad_run_input_exits_2_with_one_line_and_writes_nothing(gfbench, tmp_path, argv, needle):
+    out = tmp_path / "out"
+    code, stdout, stderr = gfbench(*BASE, *argv, "--out", out)
+    assert code == 2
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("gfbench")
+    assert needle.lower() in lines[0].lower()
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("text, needle", [
+    ("[run]\nseeds = 1\nbogus = 3\n", "bogus"),
+    ("colour = 'red'\n", "colour"),
+    ("[tasks.ou\ndim = [1]\n", "cannot parse"),
+    ("[tasks.ou]\ndim = [1]\n[solvers.em]\nn_particles = []\n", "empty"),
+    ("[run]\ntimeout = -1\n[tasks.ou]\n[solvers.em]\n", "timeout"),
+    ("[tasks.ou]\ndim = [0]\n[solvers.em]\n", "dim"),
+])
+def test_bad_profiles_are_rejected(gfbench, tmp_path, text, needle):
+    profile = tmp_path / "p.toml"
+    profile.write_text(text)
+    out = tmp_path / "out"
+    code, _, stderr = gfbench("run", "--profile", profile, "--out", out)
+    assert code == 2 and needle in stderr and not out.exists()
+
+
+def test_yaml_profile_with_unknown_key_is_rejected(gfbench, tmp_path):
+    profile = tmp_path / "p.yaml"
+    profile.write_text("tasks:\n  ou: {dim: [1]}\nsolvers:\n  em: {}\nextra: 1\n")
+    code, _, stderr = gfbench("run", "--profile", profile, "--out", tmp_path / "o")
+    assert code == 2 and "extra" in stderr
+
+
+def test_unwritable_results_directory_is_a_clear_error(gfbench, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a directory")
+    code, _, stderr = gfbench(*BASE, "--task", "ou", "--solver", "exact", "--out",
+                              blocker / "sub")
+    assert code == 2 and "is a file" in stderr
+    assert blocker.read_text() == "not a directory"
+
+
+def test_report_leaderboard_compare_reject_non_results_directories(gfbench, tmp_path):
+    for argv in (["report", tmp_path], ["leaderboard", tmp_path],
+                 ["compare", tmp_path, tmp_path]):
+        code, _, stderr = gfbench(*argv)
+        assert code == 2 and "not a gfbench results directory" in stderr
+
+
+def test_unknown_subcommand_and_option_exit_2(gfbench):
+    assert gfbench("frobnicate")[0] == 2
+    assert gfbench("run", "--frobnicate")[0] == 2
+
+
+def test_dry_run_lists_runs_without_writing(gfbench, tmp_path):
+    code, stdout, _ = gfbench("run", *[a for a in TINY if a != "--no-report"], "--dry-run",
+                              "--out", tmp_path / "d")
+    assert code == 0 and stdout.strip().endswith("8 runs") and not (tmp_path / "d").exists()
+
+
+def test_list_names_tasks_solvers_and_metrics(gfbench):
+    code, stdout, _ = gfbench("list")
+    assert code == 0
+    for name in ("ou", "em", "exact", "symkl", "energy"):
+        assert name in stdout

@@ -1,0 +1,132 @@
+"""The runner: determinism, resume, fault tolerance, atomic results."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY
+from runners import store
+
+METRICS = ["symkl", "symkl_kde", "energy"]
+
+
+def metric_table(out: Path) -> pd.DataFrame:
+    frame = store.load(out)
+    keys = ["task", "task_config", "solver", "solver_config", "seed", "t"]
+    return frame[keys + ["status"] + METRICS].sort_values(keys).reset_index(drop=True)
+
+
+def test_same_grid_gives_bit_identical_metrics_across_reruns_and_jobs(gfbench, tmp_path):
+    assert gfbench("run", *TINY, "-j", "1", "--out", tmp_path / "a")[0] == 0
+    assert gfbench("run", *TINY, "-j", "2", "--out", tmp_path / "b")[0] == 0
+    a, b = metric_table(tmp_path / "a"), metric_table(tmp_path / "b")
+    assert len(a) == 2 * 2 * 2 * 2 and (a["status"] == "ok").all()
+    pd.testing.assert_frame_equal(a, b, check_exact=True)
+    # paired design: both solvers of one (task, seed) saw the same task
+    assert a["symkl_kde"].notna().any() and a["symkl"].notna().any()
+
+
+def test_resume_completes_an_interrupted_grid_without_duplicates(gfbench, tmp_path):
+    out = tmp_path / "r"
+    assert gfbench("run", *TINY, "--out", out)[0] == 0
+    files = sorted(store.runs_dir(out).glob("*.json"))
+    assert len(files) == 8
+    first = {p.name: p.read_bytes() for p in files}
+    for p in files[:3]:  # as if the grid had been interrupted before these
+        p.unlink()
+    code, _, err = gfbench("run", *TINY, "--out", out)
+    assert code == 0 and "3 to run" in err
+    frame = store.load(out)
+    assert len(frame) == 16 and not frame.duplicated(["run_id", "t"]).any()
+    # untouched run files were not rewritten
+    for p in files[3:]:
+        assert p.read_bytes() == first[p.name]
+
+
+def test_failing_solvers_become_status_rows_and_the_grid_completes(gfbench, tmp_path):
+    out = tmp_path / "f"
+    code, _, err = gfbench(
+        "run", "--task", "ou", "-P", "ou.dim=1", "--times", "0.1", "--seeds", "1",
+        "--solver", "exact", "--solver", "faulty_solvers:Raises",
+        "--solver", "faulty_solvers:ReturnsNaN", "--solver", "faulty_solvers:Hangs",
+        "--solver", "faulty_solvers:KillsItself", "--timeout", "8", "-j", "2",
+        "--metrics", "energy", "--quiet", "--out", out)
+    assert code == 1  # not every run ok
+    frame = store.load(out).set_index("solver")
+    assert frame.loc["exact", "status"] == "ok" and np.isfinite(frame.loc["exact", "energy"])
+    assert frame.loc["faulty_solvers:Raises", "status"] == "error"
+    assert "deliberate failure" in frame.loc["faulty_solvers:Raises", "error"]
+    assert frame.loc["faulty_solvers:ReturnsNaN", "status"] == "diverged"
+    assert frame.loc["faulty_solvers:Hangs", "status"] == "timeout"
+    assert frame.loc["faulty_solvers:KillsItself", "status"] == "error"
+    assert "SIGKILL" in frame.loc["faulty_solvers:KillsItself", "error"]
+    assert (out / "results.csv").is_file()
+
+
+def test_failed_runs_are_retried_unless_told_not_to(gfbench, tmp_path):
+    args = ["run", "--task", "ou", "-P", "ou.dim=1", "--times", "0.1", "--seeds", "1",
+            "--solver", "faulty_solvers:Raises", "--quiet", "--no-report", "--out", tmp_path]
+    gfbench(*args)
+    _, _, err = gfbench(*args, "--no-retry")
+    assert "0 to run" in err
+    _, _, err = gfbench(*args)
+    assert "1 to run" in err
+
+
+def test_corrupt_and_partial_run_files_are_detected_and_rerun(gfbench, tmp_path):
+    out = tmp_path / "c"
+    assert gfbench("run", *TINY, "--out", out)[0] == 0
+    files = sorted(store.runs_dir(out).glob("*.json"))
+    payload = json.loads(files[0].read_text())
+    payload["rows"][0]["energy"] = 123.0  # tampered: checksum no longer matches
+    files[0].write_text(json.dumps(payload))
+    files[1].write_text(files[1].read_text()[:100])  # truncated
+    assert store.read_run(files[0]) is None and store.read_run(files[1]) is None
+    code, _, err = gfbench("run", *TINY, "--out", out)
+    assert code == 0 and "2 to run" in err
+    assert all(store.read_run(p) is not None for p in files)
+    assert len(store.load(out)) == 16
+
+
+def test_atomic_write_leaves_no_partial_file_when_the_writer_fails(tmp_path):
+    target = tmp_path / "x.parquet"
+
+    def failing_writer(path):
+        Path(path).write_bytes(b"half")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        store.atomic_write_bytes(target, failing_writer)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_runner_killed_mid_grid_loses_and_duplicates_nothing(tmp_path):
+    out = tmp_path / "k"
+    args = [sys.executable, "-m", "runners.cli", "run", "--task", "ou", "-P", "ou.dim=1",
+            "--times", "0.1", "--seeds", "0..5", "--solver", "faulty_solvers:Slow",
+            "-P", "faulty_solvers:Slow.delay=1.5", "--quiet", "--no-report", "--out", str(out)]
+    env = {**os.environ}
+    runner = subprocess.Popen(args, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and len(list(store.runs_dir(out).glob("*.json"))
+                                         if store.runs_dir(out).is_dir() else []) < 2:
+        time.sleep(0.2)
+    os.killpg(runner.pid, signal.SIGKILL)  # runner and its run processes, no clean-up
+    runner.wait()
+    done_before = len(list(store.runs_dir(out).glob("*.json")))
+    assert 2 <= done_before < 6
+    rerun = subprocess.run(args, env=env, capture_output=True, text=True, timeout=120)
+    assert rerun.returncode == 0, rerun.stderr
+    assert f"{6 - done_before} to run" in rerun.stderr
+    frame = store.load(out)
+    assert sorted(frame["seed"]) == list(range(6)) and (frame["status"] == "ok").all()
