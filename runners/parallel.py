@@ -84,16 +84,23 @@ def _start(child) -> None:
 
     A loky worker reports the start method "loky", which a forkserver child
     cannot resolve when it prepares itself; name a standard one meanwhile.
+    A dask worker is daemonic; lift the flag while starting the child.
     """
     default = mp.context._default_context
+    config = mp.current_process()._config
     with _START_LOCK:
-        saved = default._actual_context
+        saved, daemon = default._actual_context, config.get("daemon")
         if mp.get_start_method(allow_none=True) not in mp.get_all_start_methods():
             default._actual_context = default.get_context("spawn")
+        # dask workers are daemonic processes, which multiprocessing forbids to
+        # have children; our child is always joined or killed by supervise()
+        config["daemon"] = False
         try:
             child.start()
         finally:
             default._actual_context = saved
+            if daemon is not None:
+                config["daemon"] = daemon
 
 
 def supervise(spec: dict, out: str, options: dict) -> dict:

@@ -1,0 +1,107 @@
+"""Report, leaderboard and the compare regression gate."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from conftest import TINY
+from runners import compare, leaderboard, store
+
+
+@pytest.fixture(scope="module")
+def tiny_results(tmp_path_factory):
+    from runners.cli import main
+
+    out = tmp_path_factory.mktemp("tiny")
+    assert main([*("run " + " ".join(TINY)).split(), "--out", str(out)]) == 0
+    return out
+
+
+def test_report_has_tables_and_figures_for_every_solver(gfbench, tiny_results, tmp_path):
+    code, stdout, _ = gfbench("report", tiny_results, "--out", tmp_path / "rep")
+    assert code == 0
+    md = (tmp_path / "rep" / "report.md").read_text()
+    html = (tmp_path / "rep" / "report.html").read_text()
+    assert "## Task `ou`" in md and "| exact |" in md and "em" in md
+    assert "ou_symkl_dim.png" in md and (tmp_path / "rep" / "figures" / "ou_symkl_dim.png").is_file()
+    assert html.count("data:image/png;base64,") >= 2  # self-contained
+    # the oracle's MC SymKL is exactly 0 and shows up as such in the table
+    row = next(line for line in md.splitlines() if line.startswith("| exact | dim=1 | 0.2"))
+    assert "| 0 |" in row
+
+
+def test_leaderboard_ranks_with_bootstrap_ties(tiny_results):
+    board = leaderboard.build_leaderboard(store.load(tiny_results))
+    assert set(board["task_config"]) == {"dim=1", "dim=2"}
+    assert (board["metric"] == "energy").all() and board["rank"].min() == 1
+    forced = leaderboard.build_leaderboard(store.load(tiny_results), metric="symkl_kde")
+    assert set(forced.dropna(subset=["rank"])["solver"]) == {"em"}  # exact has a density, no KDE
+
+
+def test_rank_entries_ties_overlapping_intervals():
+    scores = pd.DataFrame({"median": [1.0, 1.1, 5.0], "ci_low": [0.9, 1.0, 4.0],
+                           "ci_high": [1.2, 1.3, 6.0]})
+    assert leaderboard.rank_entries(scores, lower_is_better=True).tolist() == [1, 1, 3]
+    assert leaderboard.rank_entries(scores, lower_is_better=False).tolist() == [2, 2, 1]
+
+
+def test_compare_same_results_has_no_regression(tiny_results, capsys):
+    assert compare.compare_dirs(tiny_results, tiny_results) == 0
+    assert "same" in capsys.readouterr().out
+
+
+def _frame(values, status="ok", version="1", metric_version="1"):
+    return pd.DataFrame({
+        "task": "ou", "task_config": "dim=1", "solver": "em", "solver_config": "n=1", "t": 1.0,
+        "seed": range(len(values)), "status": status, "error": "", "task_version": "1",
+        "solver_version": version, "symkl": values, "time_run": 1.0, "machine_id": "m",
+        "metric_versions": json.dumps({"symkl": metric_version})})
+
+
+@pytest.mark.parametrize("new, kwargs, verdict", [
+    ([0.10, 0.11, 0.09], {}, "same"),
+    ([0.30, 0.33, 0.27], {}, "worse"),
+    ([0.01, 0.011, 0.009], {}, "better"),
+    ([0.30, 0.02, 0.10], {}, "not significant"),
+    ([0.10, 0.11, 0.09], {"version": "2"}, "not comparable"),
+    ([0.10, 0.11, 0.09], {"metric_version": "2"}, "not comparable"),
+    ([np.nan] * 3, {"status": "error"}, "new failure"),
+])
+def test_compare_verdicts(new, kwargs, verdict):
+    table = compare.compare_frames(_frame([0.10, 0.11, 0.09]), _frame(new, **kwargs))
+    assert verdict in set(table["verdict"])
+
+
+def test_compare_fixed_and_missing():
+    table = compare.compare_frames(_frame([np.nan] * 3, status="error"), _frame([0.1] * 3))
+    assert "fixed" in set(table["verdict"])
+    table = compare.compare_frames(_frame([0.1] * 3), _frame([]).iloc[:0])
+    assert set(table["verdict"]) == {"missing"}
+
+
+def test_compare_uses_wilcoxon_with_many_seeds():
+    rng = np.random.default_rng(0)
+    base = rng.uniform(0.09, 0.11, 10)
+    assert compare.paired_verdict(base, base * 2, True, 0.25, 1e-3) == "worse"
+    noisy = base * np.where(np.arange(10) % 2, 2.0, 0.4)
+    assert compare.paired_verdict(base, noisy, True, 0.25, 1e-3) == "not significant"
+
+
+def test_compare_cli_exits_1_on_regression(gfbench, tiny_results, tmp_path):
+    import shutil
+
+    worse = tmp_path / "worse"
+    shutil.copytree(tiny_results, worse)
+    for path in store.runs_dir(worse).glob("*.json"):
+        payload = json.loads(path.read_text())
+        if payload["spec"]["solver"] != "em":
+            continue
+        for row in payload["rows"]:
+            row["symkl_kde"] = row["symkl_kde"] * 10 + 1.0
+        store.write_run(worse, payload["spec"], payload["rows"])
+    code, stdout, _ = gfbench("compare", tiny_results, worse, "--out", tmp_path / "cmp.csv")
+    assert code == 1 and "REGRESSION worse" in stdout
+    assert (tmp_path / "cmp.csv").is_file()
