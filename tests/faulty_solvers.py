@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from solvers.base import SAMPLES, Solver, SolverResult
+from solvers.base import GPU_ONLY, SAMPLES, Solver, SolverResult
 
 
 class _Base(Solver):
@@ -61,5 +61,16 @@ class Slow(_Base):
 
     def run(self):
         time.sleep(float(self.params["delay"]))
+        x = self._samples()
+        return {t: SolverResult(samples=x) for t in self.times}
+
+
+class NeedsGpu(_Base):
+    """A GPU-only solver: on a CPU-only host the runner must skip it, with the reason."""
+
+    name = "needs_gpu"
+    capabilities = frozenset({SAMPLES, GPU_ONLY})
+
+    def run(self):
         x = self._samples()
         return {t: SolverResult(samples=x) for t in self.times}
