@@ -38,9 +38,26 @@ def sliced_w2(x: np.ndarray, y: np.ndarray, directions: np.ndarray) -> float:
     py = np.sort(y @ directions.T, axis=0)
     n = min(px.shape[0], py.shape[0])
     levels = (np.arange(n) + 0.5) / n
-    qx = np.quantile(px, levels, axis=0) if px.shape[0] != n else px
-    qy = np.quantile(py, levels, axis=0) if py.shape[0] != n else py
+    qx = sorted_quantiles(px, levels) if px.shape[0] != n else px
+    qy = sorted_quantiles(py, levels) if py.shape[0] != n else py
     return float(np.sqrt(np.mean((qx - qy) ** 2)))
+
+
+def sorted_quantiles(sorted_columns: np.ndarray, levels: np.ndarray) -> np.ndarray:
+    """Quantiles ``(len(levels), k)`` of each already sorted column ``(m, k)``.
+
+    numpy's default ("linear") definition, position = level · (m − 1); done
+    by direct interpolation because ``np.quantile`` re-sorts every column and
+    is ~100× slower on 8192 × 256 arrays.
+    """
+    m = sorted_columns.shape[0]
+    if m == 1:
+        return np.repeat(sorted_columns, len(levels), axis=0)
+    position = levels * (m - 1)
+    lower = np.minimum(position.astype(np.int64), m - 2)  # floor: position >= 0
+    frac = (position - lower)[:, None]
+    a, b = sorted_columns[lower], sorted_columns[lower + 1]
+    return a + (b - a) * frac
 
 
 def energy_metric(result, reference, *, rng: np.random.Generator) -> float:

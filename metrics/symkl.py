@@ -11,6 +11,7 @@ import numpy as np
 from scipy.stats import gaussian_kde
 
 from metrics.base import Metric, finite_samples
+from metrics.kde import kde_logpdf
 
 N_MC = 8192
 
@@ -62,8 +63,8 @@ def symkl_kde(result, reference, *, rng: np.random.Generator, n: int = N_MC) -> 
     seed = int(rng.integers(2**31 - 1))
     x_p = kde.resample(n, seed=np.random.default_rng(seed)).T
     x_q = reference.sample(n, rng)
-    return symkl_from_logs(kde.logpdf(x_p.T), reference.log_density(x_p),
-                           reference.log_density(x_q), kde.logpdf(x_q.T))
+    return symkl_from_logs(kde_logpdf(kde, x_p), reference.log_density(x_p),
+                           reference.log_density(x_q), kde_logpdf(kde, x_q))
 
 
 def symkl_grid(result, reference, *, rng: np.random.Generator) -> float:

@@ -119,6 +119,8 @@ def _config_from_args(args) -> RunConfig:
                 grid["times"] = times
     if args.seeds:
         config.seeds = parse_seeds(args.seeds)
+        for block in config.blocks:
+            block.seeds = None
     if args.metrics:
         config.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
     for attr, value in (("n_jobs", args.jobs), ("timeout", args.timeout), ("device", args.device),

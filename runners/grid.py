@@ -32,11 +32,14 @@ class GridBlock:
     """Every task in ``tasks`` crossed with every solver in ``solvers``.
 
     Each maps a name to a parameter grid ``{param: [values]}``; a task grid
-    may also hold ``times`` (a subset of evaluation times).
+    may also hold ``times`` (a subset of evaluation times). ``seeds``, when
+    set, replaces the run's seeds for this block only (e.g. 15 seeds for a
+    cheap task, 3 for an expensive one).
     """
 
     tasks: dict[str, dict[str, list]]
     solvers: dict[str, dict[str, list]]
+    seeds: list[int] | None = None
 
 
 @dataclass
@@ -126,7 +129,7 @@ def _metric_versions(names: list[str] | None) -> dict[str, str]:
 def expand(config: RunConfig) -> list[dict]:
     """All run specs of ``config``, validated; raises :class:`BadInput`."""
     metric_versions = _metric_versions(config.metrics)
-    specs, seen = [], set()
+    specs, seen, checked = [], set(), set()
     for block in config.blocks:
         for task_name, task_grid in block.tasks.items():
             try:
@@ -140,7 +143,11 @@ def expand(config: RunConfig) -> list[dict]:
                 _check_finite("task", task_name, task_params)
                 try:
                     task_cls.validate_params(task_params)
-                except (ValueError, TypeError) as exc:
+                    key = (task_name, json.dumps(task_params, sort_keys=True, default=str))
+                    if key not in checked:
+                        task_cls.check_inputs(task_params)
+                        checked.add(key)
+                except (ValueError, TypeError, OSError) as exc:
                     raise BadInput(str(exc)) from None
                 for solver_name, solver_grid in block.solvers.items():
                     try:
@@ -159,7 +166,7 @@ def expand(config: RunConfig) -> list[dict]:
                             solver_cls(**solver_params)
                         except (ValueError, TypeError) as exc:
                             raise BadInput(str(exc)) from None
-                        for seed in config.seeds:
+                        for seed in block.seeds or config.seeds:
                             spec = {
                                 "task": task_name, "task_params": task_params,
                                 "task_version": task_cls.version,

@@ -60,7 +60,29 @@ def _progress_writer(path: str | None) -> Callable[[int, int, str], None]:
     return report
 
 
+def _exit_with_supervisor(pid: int | None, period_s: float = 2.0) -> None:
+    """Exit this run process once its supervisor is gone.
+
+    The run's parent is the forkserver, not the process that waits for it,
+    so a killed runner would otherwise leave the run computing (and writing
+    a row nobody waits for) for as long as it takes.
+    """
+    def watch() -> None:
+        while True:
+            time.sleep(period_s)
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                os._exit(3)
+            except PermissionError:
+                pass
+
+    if pid:
+        threading.Thread(target=watch, daemon=True).start()
+
+
 def _child_main(spec: dict, out: str, options: dict) -> None:
+    _exit_with_supervisor(options.get("supervisor_pid"))
     apply_threads(int(options.get("n_threads", 1)))
     progress_dir = options.get("progress_dir")
     path = os.path.join(progress_dir, spec["run_id"]) if progress_dir else None
@@ -106,6 +128,7 @@ def _start(child) -> None:
 def supervise(spec: dict, out: str, options: dict) -> dict:
     """Run one spec in a child process under a hard timeout; return a summary."""
     timeout = options.get("timeout")
+    options = {**options, "supervisor_pid": os.getpid()}
     child = _context().Process(target=_child_main, args=(spec, out, options), daemon=False)
     start = time.perf_counter()
     _start(child)

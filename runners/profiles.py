@@ -16,7 +16,8 @@ Schema (TOML shown; YAML has the same keys)::
     n_particles = [1000]
 
 Several ``[[grid]]`` blocks, each with its own ``tasks`` and ``solvers``
-tables, cross only within a block (e.g. JKO settings per task).
+tables, cross only within a block (e.g. JKO settings per task); a block may
+set its own ``seeds`` (``--seeds`` on the command line overrides every block).
 Unknown keys are errors, never ignored.
 """
 from __future__ import annotations
@@ -91,10 +92,12 @@ def to_config(data: dict[str, Any]) -> RunConfig:
         blocks.append(GridBlock(_grid_table("tasks", data.get("tasks")),
                                 _grid_table("solvers", data.get("solvers"))))
     for i, block in enumerate(data.get("grid", []) or []):
-        if not isinstance(block, dict) or set(block) - {"tasks", "solvers"}:
-            raise BadInput(f"profile: grid block {i} may only hold 'tasks' and 'solvers'")
+        if not isinstance(block, dict) or set(block) - {"tasks", "solvers", "seeds"}:
+            raise BadInput(f"profile: grid block {i} may only hold 'tasks', 'solvers' "
+                           "and 'seeds'")
+        seeds = parse_seeds(block["seeds"]) if "seeds" in block else None
         blocks.append(GridBlock(_grid_table(f"grid[{i}].tasks", block.get("tasks")),
-                                _grid_table(f"grid[{i}].solvers", block.get("solvers"))))
+                                _grid_table(f"grid[{i}].solvers", block.get("solvers")), seeds))
     config = RunConfig(blocks=blocks)
     if "seeds" in run:
         config.seeds = parse_seeds(run["seeds"])

@@ -24,6 +24,7 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import gaussian_kde
 
+from metrics.kde import kde_logpdf
 from solvers.base import (FILTERING, LOG_DENSITY, SAMPLES, Solver, SolverResult,
                           require_positive, steps_to_times)
 
@@ -176,7 +177,7 @@ class BootstrapFilter(Solver):
         samples = x.copy() if uniform else x[resample(w, n, self.rng, self.params["resampling"])]
 
         def log_density(y: np.ndarray) -> np.ndarray:
-            return kde.logpdf(np.asarray(y, dtype=np.float64).T)
+            return kde_logpdf(kde, y)
 
         def draw(m: int, rng: np.random.Generator):
             y = kde.resample(m, seed=rng).T

@@ -75,6 +75,7 @@ from typing import Any, Mapping
 import numpy as np
 from scipy.stats import gaussian_kde
 
+from metrics.kde import kde_logpdf
 from solvers.base import (GPU, LOG_DENSITY, SAMPLES, Solver, SolverResult, require_positive,
                           steps_to_times)
 
@@ -207,7 +208,7 @@ def mixture_weights(x: np.ndarray, log_rho: np.ndarray) -> np.ndarray:
     ndarray (N,)
         Weights summing to one.
     """
-    log_p_hat = gaussian_kde(x.T, bw_method="scott").logpdf(x.T)
+    log_p_hat = kde_logpdf(gaussian_kde(x.T, bw_method="scott"), x)
     log_w = log_rho - log_p_hat
     w = np.exp(log_w - log_w.max())
     return w / w.sum()
@@ -228,7 +229,7 @@ def weighted_particle_law(x: np.ndarray, log_rho: np.ndarray, rng: np.random.Gen
     kde = gaussian_kde(x.T, bw_method="scott", weights=pi)
 
     def log_density(points):
-        return kde.logpdf(np.atleast_2d(np.asarray(points, dtype=np.float64)).T)
+        return kde_logpdf(kde, points)
 
     def draw(n, gen):
         points = kde.resample(n, seed=gen).T

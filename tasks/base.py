@@ -171,6 +171,15 @@ class Task(abc.ABC):
             raise ValueError(f"task {cls.name!r} has no parameter(s) {sorted(unknown)}; "
                              f"known: {sorted(cls.parameters)}")
 
+    @classmethod
+    def check_inputs(cls, params: Mapping[str, Any]) -> None:
+        """Raise ``ValueError`` if an external input the task needs is unusable.
+
+        Called once per task configuration before any run starts, so that a
+        missing, corrupt or mismatching data file is bad input (exit 2, nothing
+        written) rather than a grid of error rows. The default needs nothing.
+        """
+
 
 def gaussian_log_density(x: Array, mean: Array, cov: Array) -> Array:
     """Normalised log N(x; mean, cov) for ``x (n, d)`` via a Cholesky factor."""

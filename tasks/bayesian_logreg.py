@@ -94,6 +94,12 @@ class BayesianLogReg(Task):
         if not isinstance(params.get("data_dir", ""), str):
             raise ValueError("task 'bayesian_logreg': data_dir must be a path string")
 
+    @classmethod
+    def check_inputs(cls, params) -> None:
+        """Load (and so checksum / structure-check) the data set once, up front."""
+        load_dataset(params.get("dataset", "breast_cancer"), int(params.get("split", 0)),
+                     params.get("data_dir", "") or None)
+
     # potential (numpy, full data) ---------------------------------------------
     def _blocks(self, n: int) -> list[slice]:
         size = max(1, BLOCK_ELEMENTS // max(1, self.n_train))

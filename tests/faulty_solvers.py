@@ -60,6 +60,10 @@ class Slow(_Base):
     parameters = {"n": [64], "delay": [1.0]}
 
     def run(self):
+        pid_file = os.environ.get("GFBENCH_TEST_PID_FILE")
+        if pid_file:  # lets a test find this run process
+            with open(pid_file, "w") as handle:
+                handle.write(str(os.getpid()))
         time.sleep(float(self.params["delay"]))
         x = self._samples()
         return {t: SolverResult(samples=x) for t in self.times}

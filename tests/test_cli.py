@@ -92,3 +92,31 @@ def test_list_names_tasks_solvers_and_metrics(gfbench):
     assert code == 0
     for name in ("ou", "em", "exact", "symkl", "energy"):
         assert name in stdout
+
+
+@pytest.mark.parametrize("content", [None, b"not a MATLAB file"])
+def test_missing_or_corrupt_data_file_is_bad_input(gfbench, tmp_path, monkeypatch, content):
+    """A data set that is absent (downloads off) or fails its checksum: exit 2, nothing run."""
+    monkeypatch.setenv("GFBENCH_NO_DOWNLOAD", "1")
+    data = tmp_path / "data"
+    data.mkdir()
+    if content is not None:
+        (data / "benchmarks.mat").write_bytes(content)
+    out = tmp_path / "out"
+    code, _, stderr = gfbench(*BASE, "--task", "bayesian_logreg", "--solver", "em",
+                              "-P", "bayesian_logreg.dataset=german",
+                              "-P", f"bayesian_logreg.data_dir={data}", "--out", out)
+    lines = [line for line in stderr.splitlines() if line.strip()]
+    assert code == 2 and len(lines) == 1 and "benchmarks.mat" in lines[0]
+    assert not out.exists()
+
+
+def test_profile_blocks_may_set_their_own_seeds(gfbench, tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text("[run]\nseeds = 2\n"
+                       "[[grid]]\ntasks.ou = { dim = [1] }\nsolvers.exact = {}\n"
+                       "[[grid]]\nseeds = 5\ntasks.ou = { dim = [2] }\nsolvers.exact = {}\n")
+    code, stdout, _ = gfbench("run", "--profile", profile, "--dry-run")
+    assert code == 0 and stdout.strip().endswith("7 runs")
+    code, stdout, _ = gfbench("run", "--profile", profile, "--seeds", "1", "--dry-run")
+    assert code == 0 and stdout.strip().endswith("2 runs")

@@ -90,3 +90,27 @@ def test_grid_symkl_against_quadrature_of_two_gaussians():
     result = SolverResult(log_density=lambda x: gaussian_log_density(x, m, s))
     value = SYMKL_GRID(result, ref, rng=np.random.default_rng(0))
     assert value == pytest.approx(gaussian_symkl(m, s, np.zeros(1), np.eye(1)), rel=1e-4)
+
+
+@pytest.mark.parametrize("m", [1, 2, 7, 3001])
+def test_sorted_quantiles_equal_numpy_linear_quantiles(m):
+    from metrics.sample_distances import sorted_quantiles
+
+    rng = np.random.default_rng(m)
+    columns = np.sort(rng.standard_normal((m, 5)), axis=0)
+    levels = (np.arange(257) + 0.5) / 257
+    np.testing.assert_allclose(sorted_quantiles(columns, levels),
+                               np.quantile(columns, levels, axis=0), rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("dim, weighted", [(1, False), (4, True), (12, False)])
+def test_fast_kde_logpdf_equals_scipy(dim, weighted):
+    from scipy.stats import gaussian_kde
+
+    from metrics.kde import kde_logpdf
+
+    rng = np.random.default_rng(dim)
+    data = 2.0 * rng.standard_normal((dim, 3000)) + 1.0
+    kde = gaussian_kde(data, weights=rng.random(3000) if weighted else None)
+    points = 3.0 * rng.standard_normal((2000, dim))  # tails included
+    np.testing.assert_allclose(kde_logpdf(kde, points), kde.logpdf(points.T), rtol=1e-10)

@@ -130,3 +130,35 @@ def test_runner_killed_mid_grid_loses_and_duplicates_nothing(tmp_path):
     assert f"{6 - done_before} to run" in rerun.stderr
     frame = store.load(out)
     assert sorted(frame["seed"]) == list(range(6)) and (frame["status"] == "ok").all()
+
+
+def test_run_processes_exit_when_their_runner_is_killed(tmp_path):
+    """Killing only the runner (not its process group) leaves no run computing."""
+    out = tmp_path / "orphan"
+    marker = tmp_path / "pids"
+    args = [sys.executable, "-m", "runners.cli", "run", "--task", "ou", "-P", "ou.dim=1",
+            "--times", "0.1", "--seeds", "1", "--solver", "faulty_solvers:Slow",
+            "-P", "faulty_solvers:Slow.delay=60", "--quiet", "--no-report", "--out", str(out)]
+    env = {**os.environ, "GFBENCH_TEST_PID_FILE": str(marker)}
+    runner = subprocess.Popen(args, env=env, start_new_session=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 60
+    while time.time() < deadline and not marker.exists():
+        time.sleep(0.2)
+    assert marker.exists(), "the slow run never started"
+    run_pid = int(marker.read_text().split()[0])
+    runner.kill()
+    runner.wait()
+    deadline = time.time() + 20
+    alive = True
+    while time.time() < deadline and alive:
+        try:
+            os.kill(run_pid, 0)
+            time.sleep(0.2)
+        except ProcessLookupError:
+            alive = False
+    if alive:
+        os.killpg(runner.pid, signal.SIGKILL)
+    assert not alive, "the run process outlived its runner"
+    runs = store.runs_dir(out)
+    assert not (runs.is_dir() and list(runs.glob("*.json"))), "an orphan wrote a row"
