@@ -60,6 +60,14 @@ def _build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", help="directory for leaderboard.md/.csv (default RESULTS)")
     board.add_argument("--metric", help="rank by this metric instead of each task's primary one")
 
+    prune = sub.add_parser("prune", help="list (or --delete) run files that belong to none "
+                                         "of the given profiles' grids (stale after code edits)")
+    prune.add_argument("results", help="results directory")
+    prune.add_argument("--profile", action="append", required=True,
+                       help="a profile whose runs are kept (repeatable)")
+    prune.add_argument("--delete", action="store_true",
+                       help="delete the stale files and re-export results.csv/.parquet")
+
     compare = sub.add_parser("compare", help="regression check of NEW against BASELINE")
     compare.add_argument("baseline")
     compare.add_argument("new")
@@ -293,6 +301,28 @@ def cmd_report(args) -> int:
     return EXIT_OK
 
 
+def cmd_prune(args) -> int:
+    from runners import store
+    from runners.profiles import read_profile, to_config
+
+    (out,) = _require_results([args.results])
+    keep = {spec["run_id"] for name in args.profile
+            for spec in expand(to_config(read_profile(name)))}
+    paths = sorted(store.runs_dir(out).glob("*.json"))
+    stale = [p for p in paths if p.stem not in keep]
+    for path in stale:
+        print(f"{'deleted' if args.delete else 'stale'} {path}")
+        if args.delete:
+            path.unlink()
+    if args.delete and stale:
+        store.export(out)
+    print(f"gfbench: {len(stale)} of {len(paths)} run files belong to no grid of "
+          f"{', '.join(args.profile)}" + ("" if args.delete or not stale else
+                                           " (rerun with --delete to remove them)"),
+          file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_leaderboard(args) -> int:
     from runners.leaderboard import write_leaderboard
 
@@ -319,7 +349,7 @@ def cmd_compare(args) -> int:
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report,
-            "leaderboard": cmd_leaderboard, "compare": cmd_compare}
+            "leaderboard": cmd_leaderboard, "compare": cmd_compare, "prune": cmd_prune}
 
 
 def main(argv: list[str] | None = None) -> int:

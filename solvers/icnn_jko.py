@@ -630,14 +630,18 @@ class IcnnJko(Solver):
         chains = min(n, int(p["batch_size"]))
         per_chain = mh_iterations(n, chains, int(p["mh_warmup"]), int(p["mh_thin"]))
         x0 = self.task.sample_initial(per_chain * chains, rng)
-        l0 = self._tensor(self.task.log_density_initial(x0), dtype) if with_logp else None
-        x, logp, log_w = push_trajectory(maps, self._tensor(x0, dtype), self.eps, l0,
-                                         self._obs_upto(len(maps)))
+        obs = self._obs_upto(len(maps))
+        x, _, log_w = push_trajectory(maps, self._tensor(x0, dtype), self.eps, None, obs)
         rows, rate = independence_mh(log_w.cpu().double().numpy(), chains,
                                      int(p["mh_warmup"]), int(p["mh_thin"]), n, rng)
         rows_t = torch.as_tensor(rows, device=x.device)
-        logp = None if logp is None else (logp + log_w)[rows_t]
-        return x[rows_t], logp, rate
+        if not with_logp:
+            return x[rows_t], None, rate
+        # Hessians only along the kept trajectories (a small fraction of the proposals)
+        kept0 = x0[rows]
+        l0 = self._tensor(self.task.log_density_initial(kept0), dtype)
+        x, logp, log_w = push_trajectory(maps, self._tensor(kept0, dtype), self.eps, l0, obs)
+        return x, logp + log_w, rate
 
     def _log_normaliser(self, maps: list[Params], x: torch.Tensor) -> float:
         """log Z of the reweighted pushed law (filtering): quadrature in 1-D, else Monte Carlo.

@@ -162,3 +162,24 @@ def test_run_processes_exit_when_their_runner_is_killed(tmp_path):
     assert not alive, "the run process outlived its runner"
     runs = store.runs_dir(out)
     assert not (runs.is_dir() and list(runs.glob("*.json"))), "an orphan wrote a row"
+
+
+def test_prune_removes_only_runs_outside_the_profiles_grids(gfbench, tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text("[run]\nseeds = 1\n[tasks.ou]\ndim = [1]\ntimes = [0.1]\n"
+                       "[solvers.exact]\nn_samples = [256]\n")
+    out = tmp_path / "r"
+    assert gfbench("run", "--profile", profile, "--quiet", "--no-report", "--out", out,
+                   "--metrics", "energy")[0] == 0
+    # a run of another grid in the same directory (e.g. before a solver edit)
+    assert gfbench("run", "--task", "ou", "-P", "ou.dim=1", "--times", "0.1", "--seeds", "1",
+                   "--solver", "exact", "-P", "exact.n_samples=128", "--metrics", "energy",
+                   "--quiet", "--no-report", "--out", out)[0] == 0
+    profile.write_text(profile.read_text().replace("[run]", "[run]\nmetrics = [\"energy\"]"))
+    code, stdout, stderr = gfbench("prune", out, "--profile", profile)
+    assert code == 0 and "1 of 2 run files" in stderr and "stale" in stdout
+    assert len(list(store.runs_dir(out).glob("*.json"))) == 2  # listing deletes nothing
+    code, _, _ = gfbench("prune", out, "--profile", profile, "--delete")
+    assert code == 0
+    frame = store.load(out)
+    assert list(frame["solver.n_samples"]) == [256]
