@@ -11,14 +11,25 @@ from pathlib import Path
 import pytest
 
 from runners import store
-from runners.grid import expand
+from runners.grid import BadInput, expand
 from runners.profiles import builtin_profiles, read_profile, to_config
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "baseline-smoke"
 
 
+SHARED_BLR = Path(__file__).resolve().parents[2] / "shared" / "data" / "blr"
+
+
 @pytest.mark.parametrize("name", sorted(builtin_profiles()))
-def test_builtin_profile_expands(name):
+def test_builtin_profile_expands(name, monkeypatch, tmp_path):
+    monkeypatch.setenv("GFBENCH_NO_DOWNLOAD", "1")
+    # the blr profile needs data files: the shared copies where present, else it must
+    # refuse to expand with a message naming the missing file
+    monkeypatch.setenv("GFBENCH_DATA", str(SHARED_BLR if SHARED_BLR.is_dir() else tmp_path))
+    if name == "blr" and not SHARED_BLR.is_dir():
+        with pytest.raises(BadInput, match="benchmarks.mat"):
+            expand(to_config(read_profile(name)))
+        return
     specs = expand(to_config(read_profile(name)))
     assert specs and len({s["run_id"] for s in specs}) == len(specs)
 

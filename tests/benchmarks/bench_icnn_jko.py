@@ -24,14 +24,6 @@ DIM, WIDTH, BATCH = 12, 64, 1024
 MEANS: dict[str, float] = {}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _iteration(naive: bool):
     task = OrnsteinUhlenbeck(np.random.SeedSequence(0), dim=DIM)
     params = init_icnn(DIM, WIDTH, 5, torch.Generator().manual_seed(0))

@@ -10,20 +10,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy.stats import gaussian_kde
 
 from metrics.kde import kde_logpdf
 
 MEANS: dict[tuple[int, str], float] = {}
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _problem(dim: int):
