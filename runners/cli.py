@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
 from pathlib import Path
@@ -352,8 +353,12 @@ COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report,
             "leaderboard": cmd_leaderboard, "compare": cmd_compare, "prune": cmd_prune}
 
 
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``gfbench`` console script."""
+    """Run one ``gfbench`` command; returns the exit code."""
     try:
         args = _build_parser().parse_args(argv)
         return COMMANDS[args.command](args)
@@ -365,5 +370,15 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
-if __name__ == "__main__":
+def console_main() -> None:
+    """Entry point of the ``gfbench`` console script.
+
+    SIGTERM (a scheduler's stop, ``kill``) ends like Ctrl-C: clean-up runs,
+    finished runs are kept, and the message says how to resume.
+    """
+    signal.signal(signal.SIGTERM, _raise_interrupt)
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    console_main()

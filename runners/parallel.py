@@ -132,7 +132,12 @@ def supervise(spec: dict, out: str, options: dict) -> dict:
     child = _context().Process(target=_child_main, args=(spec, out, options), daemon=False)
     start = time.perf_counter()
     _start(child)
-    child.join(timeout)
+    try:
+        child.join(timeout)
+    except BaseException:  # interrupted (Ctrl-C, SIGTERM): the run dies with its supervisor
+        child.kill()
+        child.join()
+        raise
     if child.is_alive():
         child.kill()
         child.join()

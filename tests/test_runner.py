@@ -183,3 +183,24 @@ def test_prune_removes_only_runs_outside_the_profiles_grids(gfbench, tmp_path):
     assert code == 0
     frame = store.load(out)
     assert list(frame["solver.n_samples"]) == [256]
+
+
+def test_sigterm_stops_the_runner_cleanly(tmp_path):
+    """SIGTERM behaves like Ctrl-C: exit 130, a resume hint, no run left computing."""
+    marker = tmp_path / "pid"
+    args = [sys.executable, "-m", "runners.cli", "run", "--task", "ou", "-P", "ou.dim=1",
+            "--times", "0.1", "--seeds", "1", "--solver", "faulty_solvers:Slow",
+            "-P", "faulty_solvers:Slow.delay=60", "--quiet", "--no-report",
+            "--out", str(tmp_path / "t")]
+    env = {**os.environ, "GFBENCH_TEST_PID_FILE": str(marker)}
+    runner = subprocess.Popen(args, env=env, start_new_session=True, text=True,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 60
+    while time.time() < deadline and not marker.exists():
+        time.sleep(0.2)
+    runner.send_signal(signal.SIGTERM)
+    try:
+        _, stderr = runner.communicate(timeout=30)
+    finally:
+        os.killpg(runner.pid, signal.SIGKILL) if runner.poll() is None else None
+    assert runner.returncode == 130 and "rerun to resume" in stderr
