@@ -124,9 +124,16 @@ def summarise(frame: pd.DataFrame, metrics: Iterable[str],
 
 
 def final_time_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows at the largest evaluation time of each task."""
-    t_final = frame.groupby("task")["t"].transform("max")
-    return frame[frame["t"] == t_final]
+    """Rows at each task's ranking time: the latest evaluation time that every
+    solver of the task was run at (so a solver evaluated at t = 0.5, 0.9 is ranked
+    with one evaluated at 0.1 … 1.0); the task's last time if they share none."""
+    if frame.empty:
+        return frame
+    chosen = {}
+    for task, part in frame.groupby("task"):
+        common = set.intersection(*(set(g["t"]) for _, g in part.groupby("solver")))
+        chosen[task] = max(common) if common else part["t"].max()
+    return frame[frame["t"] == frame["task"].map(chosen)]
 
 
 def natural_key(text: str) -> list:

@@ -179,17 +179,21 @@ def _figure_vs(doc: _Document, frame: pd.DataFrame, task: str, x: str, facet: st
     facets = sorted(data[facet].unique())
     fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.4), squeeze=False,
                              sharey=True)
+    # one colour per solver across all panels, and one legend listing every solver
+    labels = sorted(data["label"].unique(), key=aggregate.natural_key)
+    palette = dict(zip(labels, sns.color_palette("tab10" if len(labels) <= 10 else "husl",
+                                                 len(labels))))
     for ax, value in zip(axes[0], facets):
         part = data[data[facet] == value]
-        sns.lineplot(data=part, x=x, y=y, hue="label", estimator="median", errorbar=("pi", 50),
-                     marker="o", ax=ax, legend=ax is axes[0][-1])
+        sns.lineplot(data=part, x=x, y=y, hue="label", palette=palette, estimator="median",
+                     errorbar=("pi", 50), marker="o", ax=ax, legend=False)
         ax.set_title(f"{facet.replace('task.', '')} = {aggregate.format_number(value)}")
         ax.set_xlabel(x.replace("task.", ""))
         ax.set_ylabel(("log10 " if log else "") + ylabel)
-    legend = axes[0][-1].get_legend()
-    if legend is not None:
-        legend.set_bbox_to_anchor((1.02, 1.0))
-        legend.set_loc("upper left")
+    handles = [plt.Line2D([], [], color=palette[label], marker="o", label=label)
+               for label in labels]
+    axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1.0), loc="upper left",
+                       fontsize="small", title="solver")
     doc.figure(fig, name, caption)
 
 

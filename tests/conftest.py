@@ -34,3 +34,14 @@ TINY = ["--task", "ou", "-P", "ou.dim=1,2", "--times", "0.1,0.2", "--seeds", "2"
         "--solver", "em", "--solver", "exact", "-P", "em.n_particles=200",
         "-P", "exact.n_samples=512", "--metrics", "symkl,symkl_kde,energy", "--quiet",
         "--no-report"]
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread, as the runner pins each run (used by the benchmarks)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -105,3 +105,14 @@ def test_compare_cli_exits_1_on_regression(gfbench, tiny_results, tmp_path):
     code, stdout, _ = gfbench("compare", tiny_results, worse, "--out", tmp_path / "cmp.csv")
     assert code == 1 and "REGRESSION worse" in stdout
     assert (tmp_path / "cmp.csv").is_file()
+
+
+def test_ranking_time_is_the_latest_time_every_solver_has():
+    from runners.aggregate import final_time_rows
+
+    frame = pd.DataFrame({"task": ["ou"] * 5 + ["f"],
+                          "solver": ["em", "em", "em", "icnn", "icnn", "bbf"],
+                          "t": [0.5, 0.9, 1.0, 0.5, 0.9, 5.0]})
+    ranked = final_time_rows(frame)
+    assert sorted(ranked["solver"]) == ["bbf", "em", "icnn"]
+    assert set(ranked.loc[ranked["task"] == "ou", "t"]) == {0.9}

@@ -20,6 +20,8 @@ from solvers.base import RunContext
 from solvers.icnn_jko import IcnnJko, init_icnn, train_iteration
 from tasks.ou import OrnsteinUhlenbeck
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 DIM, WIDTH, BATCH = 12, 64, 1024
 MEANS: dict[str, float] = {}
 

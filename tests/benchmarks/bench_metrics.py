@@ -14,6 +14,8 @@ from scipy.stats import gaussian_kde
 
 from metrics.kde import kde_logpdf
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 MEANS: dict[tuple[int, str], float] = {}
 
 
