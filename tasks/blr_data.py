@@ -194,6 +194,24 @@ def standardise(x_train: np.ndarray, x_test: np.ndarray) -> tuple[np.ndarray, np
     return scale(x_train), scale(x_test)
 
 
+def pooled_split(data: BlrData, split: int) -> BlrData:
+    """The original study's split: all rows pooled, then one random split, train ⌊0.8 n⌋.
+
+    The study pooled each data set and split it once at random (torch seed 42);
+    here the permutation comes from ``default_rng([42, split])``: the row order
+    of our copies differs from its files, so its exact permutation cannot be
+    reproduced, only its sizes.
+    """
+    x = np.vstack([data.x_train, data.x_test])
+    y = np.concatenate([data.y_train, data.y_test])
+    order = np.random.default_rng([SPLIT_SEED, int(split)]).permutation(x.shape[0])
+    n_train = int((1.0 - TEST_FRACTION) * x.shape[0])
+    train, test = order[:n_train], order[n_train:]
+    return BlrData(data.name, x[train], y[train], x[test], y[test],
+                   f"{data.source}; rows pooled, random {n_train}/{test.size} split, "
+                   f"rng([42, {split}])", data.true_weights)
+
+
 # --- offline data sets ----------------------------------------------------------
 def load_breast_cancer_data(split: int) -> BlrData:
     """scikit-learn's Wisconsin breast-cancer data (malignant = 0, benign = 1)."""

@@ -96,3 +96,11 @@ class OrnsteinUhlenbeck(Task):
 
     def has_closed_form(self) -> bool:
         return True
+
+    def quadratic_potential(self) -> tuple[np.ndarray, np.ndarray]:
+        """(A ``(dim, dim)``, b ``(dim,)``) of Φ(x) = ½(x−b)ᵀA(x−b)."""
+        return self.A.copy(), self.b.copy()
+
+    def initial_gaussian(self) -> tuple[np.ndarray, np.ndarray]:
+        """(mean ``(dim,)``, covariance ``(dim, dim)``) of ρ0."""
+        return self.m0.copy(), self.cov0.copy()

@@ -169,8 +169,37 @@ def test_reference_has_no_ground_truth_but_carries_the_test_set():
     assert BayesianLogReg.primary_metric == "test_loglik"
 
 
+def test_study_protocol_pools_rows_drops_the_intercept_and_uses_rate_100():
+    if not SHARED.is_dir():
+        pytest.skip(f"local data copies absent ({SHARED})")
+    ours = make("german", data_dir=str(SHARED))
+    study = make("german", data_dir=str(SHARED), protocol="study")
+    # the Rätsch copy holds 700/300; the study pools the 1000 rows and splits 800/200
+    assert (ours.n_train, ours.z_test.shape[0]) == (700, 300)
+    assert (study.n_train, study.z_test.shape[0]) == (800, 200)
+    assert study.n_weights == ours.n_weights - 1 == 20  # no intercept column
+    raw = load_dataset("german", data_dir=SHARED)
+    pooled = np.vstack([raw.x_train, raw.x_test])
+    both = np.vstack([study.z_train, study.z_test])  # features as stored, every row once
+    np.testing.assert_array_equal(np.sort(both, axis=0), np.sort(pooled, axis=0))
+    assert np.exp(study.sample_initial(100_000, np.random.default_rng(0))[:, -1]).mean() \
+        == pytest.approx(0.01, rel=0.02)  # Gamma(1, rate 100)
+    other = make("german", data_dir=str(SHARED), protocol="study", split=1)
+    assert not np.array_equal(other.z_test, study.z_test)
+    # Φ, its gradient and the torch versions agree under this protocol too
+    x = study.sample_initial(3, np.random.default_rng(1))
+    x[:, -1] = np.log([0.5, 1.0, 2.0])
+    eps = 1e-6
+    fd = np.stack([(study.potential(x + eps * e) - study.potential(x - eps * e)) / (2 * eps)
+                   for e in np.eye(study.dim)], axis=1)
+    np.testing.assert_allclose(study.grad_potential(x), fd, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(study.potential_torch(torch.from_numpy(x)).numpy(),
+                               study.potential(x), rtol=1e-10)
+
+
 @pytest.mark.parametrize("params", [{"dataset": "mnist"}, {"split": -1}, {"split": 1.5},
-                                    {"data_dir": 3}])
+                                    {"data_dir": 3}, {"protocol": "mine"},
+                                    {"dataset": "synthetic", "protocol": "study"}])
 def test_invalid_parameters_are_rejected(params):
     with pytest.raises(ValueError):
         BayesianLogReg.validate_params(params)

@@ -203,6 +203,22 @@ def test_filtering_run_assimilates_observations_and_its_density_is_normalised():
     np.testing.assert_allclose(result.log_density(x), logp, rtol=1e-6, atol=1e-6)
 
 
+def test_a_second_run_of_one_solver_repeats_the_first():
+    """run() depends only on what setup() left: no MH proposals survive from an earlier run."""
+    import copy
+
+    task = Filtering1D(np.random.SeedSequence(0))
+    solver = IcnnJko(h=0.1, width=8, iters=20, batch_size=128, pool_size=512,
+                     pretrain_iters=50, n_samples=500, mh_warmup=50)
+    solver.setup(task, [1.0], np.random.SeedSequence(3), RunContext())
+    start = copy.deepcopy((solver.rng.bit_generator.state, solver.params0))
+    first = solver.run()[1.0].samples
+    solver.rng.bit_generator.state = copy.deepcopy(start[0])
+    solver.params0 = copy.deepcopy(start[1])
+    second = solver.run()[1.0].samples
+    np.testing.assert_array_equal(first, second)
+
+
 class _DataGaussian(Task):
     """Φ(x) = ½ mean_i ‖x − d_i‖² over data d_i, estimated on minibatches (counts them)."""
 
