@@ -197,6 +197,23 @@ def test_study_protocol_pools_rows_drops_the_intercept_and_uses_rate_100():
                                study.potential(x), rtol=1e-10)
 
 
+def test_study_protocol_reads_diabetis_as_libsvm_diabetes_scale():
+    if not SHARED.is_dir():
+        pytest.skip(f"local data copies absent ({SHARED})")
+    study = make("diabetis", data_dir=str(SHARED), protocol="study")
+    both = np.vstack([study.z_train, study.z_test])
+    np.testing.assert_allclose(both.min(axis=0), -1.0)
+    np.testing.assert_allclose(both.max(axis=0), 1.0)
+    # a per-feature increasing affine map of the stored features: z-scores are unchanged
+    raw = load_dataset("diabetis", data_dir=SHARED)
+    stored = np.sort(np.vstack([raw.x_train, raw.x_test]), axis=0)
+
+    def zscore(a):
+        return (a - a.mean(axis=0)) / a.std(axis=0)
+
+    np.testing.assert_allclose(zscore(np.sort(both, axis=0)), zscore(stored), atol=1e-10)
+
+
 @pytest.mark.parametrize("params", [{"dataset": "mnist"}, {"split": -1}, {"split": 1.5},
                                     {"data_dir": 3}, {"protocol": "mine"},
                                     {"dataset": "synthetic", "protocol": "study"}])
