@@ -116,3 +116,23 @@ def test_ranking_time_is_the_latest_time_every_solver_has():
     ranked = final_time_rows(frame)
     assert sorted(ranked["solver"]) == ["bbf", "em", "icnn"]
     assert set(ranked.loc[ranked["task"] == "ou", "t"]) == {0.9}
+
+
+def test_blr_table_gives_median_and_range_per_protocol(tmp_path):
+    from runners.report import _blr_section, _Document
+
+    accuracy = [0.70, 0.74, 0.80, 0.66]
+    frame = pd.DataFrame({
+        "task": "bayesian_logreg", "solver": "svgd", "label": "svgd", "t": 1.0,
+        "status": "ok", "task.dataset": "german",
+        "task.protocol": ["study", "study", "study", np.nan],  # NaN: before the parameter
+        "test_accuracy": accuracy, "test_loglik": [-0.6, -0.5, -0.55, -0.7]})
+    doc = _Document(tmp_path)
+    _blr_section(doc, frame, ["test_accuracy", "test_loglik"])
+    md = "".join(doc.md)
+    assert "Protocol `study`" in md and "Protocol `gfbench`" in md
+    study_row = next(line for line in md.splitlines()
+                     if line.startswith("| german") and "[" in line)
+    assert "0.74 [0.7, 0.8]" in study_row and "-0.55 [-0.6, -0.5]" in study_row
+    # the single gfbench run shows its value alone
+    assert any(line.startswith("| german | 0.66 |") for line in md.splitlines())
