@@ -255,8 +255,9 @@ def _density_figures(doc: _Document, frame: pd.DataFrame, task: str) -> None:
 BLR_PROTOCOLS = {
     "gfbench": "each data set's own train/test split, z-scored features, intercept, "
                "prior rate 0.01",
-    "study": "the original study's: rows pooled, one random 80/20 split, features as "
-             "stored, no intercept, prior rate 100 — the protocol of the published numbers",
+    "study": "the original study's: rows pooled, a random 80/20 split (one per `split` "
+             "value; the study scored one), features as stored, no intercept, prior rate "
+             "100 — the protocol of the published numbers",
 }
 
 
