@@ -63,8 +63,11 @@ def build_leaderboard(frame: pd.DataFrame, metric: str | None = None) -> pd.Data
             rows.extend(_rank_block(task, config, part, chosen))
     board = pd.DataFrame(rows)
     keys = board["task_config"].map(aggregate.natural_key)
-    board = board.assign(_k=keys.map(tuple)).sort_values(
-        ["task", "_k", "rank", "median"], na_position="last", kind="stable").drop(columns="_k")
+    # within a rank, best median first: the sign makes "higher is better" sort descending
+    better_first = board["median"] * np.where(board["lower_is_better"], 1.0, -1.0)
+    board = board.assign(_k=keys.map(tuple), _order=better_first).sort_values(
+        ["task", "_k", "rank", "_order"], na_position="last", kind="stable") \
+        .drop(columns=["_k", "_order", "lower_is_better"])
     return board.reset_index(drop=True)
 
 
@@ -79,7 +82,8 @@ def _rank_block(task: str, config: str, part: pd.DataFrame, metric: str | None) 
         statuses = runs["status"].value_counts().to_dict()
         entries.append({
             "task": task, "task_config": config, "t": float(runs["t"].iloc[0]), "solver": label,
-            "metric": metric or "", "median": float(np.median(values)) if values.size else np.nan,
+            "metric": metric or "", "lower_is_better": lower,
+            "median": float(np.median(values)) if values.size else np.nan,
             "ci_low": low, "ci_high": high, "n_seeds": int(values.size),
             "n_failed": int(runs["status"].isin(aggregate.FAILED_STATUSES).sum()),
             "time_run_median": float(pd.to_numeric(ok["time_run"], errors="coerce").median())

@@ -136,3 +136,18 @@ def test_blr_table_gives_median_and_range_per_protocol(tmp_path):
     assert "0.74 [0.7, 0.8]" in study_row and "-0.55 [-0.6, -0.5]" in study_row
     # the single gfbench run shows its value alone
     assert any(line.startswith("| german | 0.66 |") for line in md.splitlines())
+
+
+def test_leaderboard_lists_the_better_median_first_within_a_shared_rank():
+    # two solvers whose intervals overlap (same rank); higher log-likelihood is better
+    frame = pd.DataFrame({
+        "task": "bayesian_logreg", "task_config": "dataset=x", "t": 1.0, "status": "ok",
+        "solver": ["a"] * 3 + ["b"] * 3, "solver_config": "",
+        "test_loglik": [-0.13, -0.105, -0.083, -0.094, -0.093, -0.090],
+        "time_run": 1.0})
+    board = leaderboard.build_leaderboard(frame, metric="test_loglik")
+    assert board["rank"].tolist() == [1, 1]
+    assert board["solver"].tolist()[0].startswith("b")  # median -0.093 beats -0.105
+    lower = leaderboard.build_leaderboard(frame.assign(test_loglik=-frame["test_loglik"]),
+                                          metric="test_loglik")
+    assert lower["solver"].tolist()[0].startswith("a")
