@@ -5,7 +5,8 @@ average p(z) = (1/S) Σ_s σ(w_sᵀz) over S ≤ 4096 posterior samples of the
 solver (``result.draw`` when available, else a subsample of its samples;
 solvers with fewer samples, e.g. 100 SVGD particles, use all of them).
 The weights are the first ``n_weights`` coordinates of a sample (the last,
-log α, does not enter the likelihood). Test data come from
+log α, does not enter the likelihood), or, for the task's non-centred state,
+those coordinates times exp(−log α / 2) (``extras["state"]``). Test data come from
 ``reference.extras`` (``z_test`` with the intercept column, ``y_test`` in {0, 1}).
 
 - ``test_accuracy``: mean of [p(z_i) > 1/2] == y_i (an exact tie counts as an error).
@@ -18,13 +19,15 @@ import numpy as np
 from scipy.special import logsumexp
 
 from metrics.base import Metric, finite_samples, subsample
+from tasks.bayesian_logreg import weights_from_state
 
 N_POSTERIOR = 4096
 #: cap on samples x test points per block (memory bound)
 BLOCK_ELEMENTS = 4_000_000
 
 
-def posterior_weights(result, n_weights: int, rng: np.random.Generator) -> np.ndarray:
+def posterior_weights(result, n_weights: int, rng: np.random.Generator,
+                      state: str = "centred") -> np.ndarray:
     """At most 4096 weight samples ``(S, n_weights)`` from a solver result."""
     if result.draw is not None:
         x, _ = result.draw(N_POSTERIOR, rng)
@@ -33,7 +36,7 @@ def posterior_weights(result, n_weights: int, rng: np.random.Generator) -> np.nd
     x = np.asarray(x, dtype=np.float64)
     if not finite_samples(x):
         raise ValueError("non-finite posterior samples")
-    return x[:, :n_weights]
+    return weights_from_state(x, n_weights, state)
 
 
 def predictive_log_probs(weights: np.ndarray, z: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -59,7 +62,8 @@ def predictive_log_probs(weights: np.ndarray, z: np.ndarray, y: np.ndarray) -> n
 def accuracy_metric(result, reference, *, rng: np.random.Generator) -> float:
     """Fraction of test points whose predictive label (p > 1/2) is right."""
     extras = reference.extras
-    w = posterior_weights(result, int(extras["n_weights"]), rng)
+    w = posterior_weights(result, int(extras["n_weights"]), rng,
+                          extras.get("state", "centred"))
     log_p_true = predictive_log_probs(w, extras["z_test"], extras["y_test"])
     # the true label has probability > 1/2 exactly when the prediction is right
     return float(np.mean(log_p_true > np.log(0.5)))
@@ -68,7 +72,8 @@ def accuracy_metric(result, reference, *, rng: np.random.Generator) -> float:
 def loglik_metric(result, reference, *, rng: np.random.Generator) -> float:
     """Mean test log predictive probability of the true label."""
     extras = reference.extras
-    w = posterior_weights(result, int(extras["n_weights"]), rng)
+    w = posterior_weights(result, int(extras["n_weights"]), rng,
+                          extras.get("state", "centred"))
     return float(np.mean(predictive_log_probs(w, extras["z_test"], extras["y_test"])))
 
 

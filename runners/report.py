@@ -258,6 +258,9 @@ BLR_PROTOCOLS = {
     "study": "the original study's: rows pooled, a random 80/20 split (one per `split` "
              "value; the study scored one), features as stored, no intercept, prior rate "
              "100 — the protocol of the published numbers",
+    "study, non_centred state": "the study's protocol with the state [v, log alpha], "
+                                "w = v exp(-log alpha / 2): the same posterior on w, a "
+                                "geometry ICNN-JKO can start from",
 }
 
 
@@ -283,9 +286,12 @@ def _blr_section(doc: _Document, frame: pd.DataFrame, metrics: list[str]) -> Non
                   ("energy", "sliced_w2")]
     if ok.empty or not predictive:
         return
-    # rows from before the protocol parameter existed used the default one
+    # rows from before the protocol / state parameters existed used the defaults
     protocol = ok["task.protocol"].fillna("gfbench") if "task.protocol" in ok else \
         pd.Series("gfbench", index=ok.index)
+    if "task.state" in ok:
+        state = ok["task.state"].fillna("centred")
+        protocol = protocol.where(state == "centred", protocol + ", " + state + " state")
     path = PUBLISHED_DIR / "published_blr.csv"
     published = pd.read_csv(path).drop(columns=["source"], errors="ignore") \
         if path.is_file() else None

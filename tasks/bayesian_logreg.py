@@ -28,6 +28,23 @@ Protocols (parameter ``protocol``)
     on unbalanced data: german 0.67 and waveform 0.78 published, where the
     ``gfbench`` protocol reaches about 0.77 and 0.86.
 
+State (parameter ``state``)
+---------------------------
+``centred`` (default)
+    x = [w, η] as above.
+``non_centred``
+    x = [v, η] with w = v·exp(−η/2), so the prior factorises: v ~ N(0, I_p)
+    and η = log α with its Gamma law (Jacobian included). The same model, so
+    the same posterior on w and the same predictive; what changes is the
+    geometry a sampler sees. Centred, Φ holds α‖w‖²/2 = exp(η)‖w‖²/2: under
+    the study's prior (rate 100, so |w| reaches thousands) a small move of η
+    at a large w changes Φ by orders of magnitude, which is what stops
+    ICNN-JKO's first step on that protocol. Non-centred, every coordinate of
+    the prior is O(1)–O(10) and η enters the likelihood only through the
+    scale of w, where softplus grows linearly.
+    The predictive metrics map samples to w through ``reference.extras["state"]``
+    (:func:`weights_from_state`).
+
 Minibatches: ``data_batch(size, rng)`` returns row indices drawn without
 replacement (all rows when size >= N); with a batch, the likelihood sum is
 replaced by (N / size) × the batch sum, an unbiased estimate of Φ and ∇Φ.
@@ -56,6 +73,7 @@ from tasks.blr_data import (DATASETS, OFFLINE, BlrData, load_dataset, pooled_spl
 PRIOR_SHAPE = 1.0
 #: prior rate b of α ~ Gamma(1, rate b) by protocol
 PRIOR_RATES = {"gfbench": 0.01, "study": 100.0}
+STATES = ("centred", "non_centred")
 LOG_2PI = float(np.log(2.0 * np.pi))
 #: cap on particles x rows per block of the numpy likelihood (memory bound)
 BLOCK_ELEMENTS = 2_000_000
@@ -66,17 +84,42 @@ def log_sigmoid(u: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -u)
 
 
+def log_eta_prior(eta, rate: float):
+    """log density of η = log α, α ~ Gamma(shape 1, rate ``rate``), Jacobian α included.
+
+    Works on numpy arrays and torch tensors alike.
+    """
+    exp = np.exp if isinstance(eta, np.ndarray) else type(eta).exp
+    return (PRIOR_SHAPE * np.log(rate) - float(gammaln(PRIOR_SHAPE))
+            + PRIOR_SHAPE * eta - rate * exp(eta))
+
+
 def prior_log_density(w: np.ndarray, eta: np.ndarray, rate: float) -> np.ndarray:
     """log p(w, η) ``(n,)`` for ``w (n, p)``, ``η (n,)``, with the Jacobian of η = log α.
 
     α ~ Gamma(shape 1, rate ``rate``).
     """
     p = w.shape[1]
-    alpha = np.exp(eta)
-    log_gauss = 0.5 * p * (eta - LOG_2PI) - 0.5 * alpha * np.sum(w * w, axis=1)
-    log_gamma = (PRIOR_SHAPE * np.log(rate) - gammaln(PRIOR_SHAPE)
-                 + (PRIOR_SHAPE - 1.0) * eta - rate * alpha)
-    return log_gauss + log_gamma + eta
+    log_gauss = 0.5 * p * (eta - LOG_2PI) - 0.5 * np.exp(eta) * np.sum(w * w, axis=1)
+    return log_gauss + log_eta_prior(eta, rate)
+
+
+def prior_log_density_non_centred(v: np.ndarray, eta: np.ndarray, rate: float) -> np.ndarray:
+    """log p(v, η) ``(n,)`` of the non-centred state (w = v·exp(−η/2)): N(0, I) × p(η)."""
+    p = v.shape[1]
+    return -0.5 * (np.sum(v * v, axis=1) + p * LOG_2PI) + log_eta_prior(eta, rate)
+
+
+def weights_from_state(x, n_weights: int, state: str = "centred"):
+    """Regression weights w ``(n, n_weights)`` of states ``x (n, n_weights + 1)``.
+
+    numpy arrays or torch tensors; ``state`` is the task's ``state`` parameter.
+    """
+    w = x[:, :n_weights]
+    if state == "centred":
+        return w
+    exp = np.exp if isinstance(x, np.ndarray) else type(x).exp
+    return w * exp(-0.5 * x[:, n_weights:n_weights + 1])
 
 
 def study_features(data: BlrData) -> BlrData:
@@ -108,7 +151,7 @@ class BayesianLogReg(Task):
     name = "bayesian_logreg"
     version = "1"
     parameters = {"dataset": ["breast_cancer", "synthetic"], "split": [0], "data_dir": [""],
-                  "protocol": ["gfbench"]}
+                  "protocol": ["gfbench"], "state": ["centred"]}
     default_times = (1.0,)
     description = ("Bayesian logistic regression posterior over [w, log alpha] "
                    "(Gamma(1, rate 0.01) prior, or the study's protocol); judged by test "
@@ -116,11 +159,13 @@ class BayesianLogReg(Task):
     primary_metric = "test_loglik"
 
     def __init__(self, seed: np.random.SeedSequence, dataset: str = "breast_cancer",
-                 split: int = 0, data_dir: str = "", protocol: str = "gfbench") -> None:
+                 split: int = 0, data_dir: str = "", protocol: str = "gfbench",
+                 state: str = "centred") -> None:
         super().__init__(seed, dataset=dataset, split=split, data_dir=data_dir,
-                         protocol=protocol)
+                         protocol=protocol, state=state)
         self.validate_params(self.params)
         self.prior_rate = PRIOR_RATES[protocol]
+        self.non_centred = state == "non_centred"
         if protocol == "study":
             # the study: pooled rows, one random split, its own features, no intercept
             data = pooled_split(study_features(load_dataset(dataset, 0, data_dir or None)),
@@ -158,6 +203,10 @@ class BayesianLogReg(Task):
             raise ValueError(f"task 'bayesian_logreg': protocol 'study' is for the study's "
                              f"data sets, not {dataset!r} (its raw features are not "
                              "normalised and it has no intercept)")
+        state = params.get("state", "centred")
+        if state not in STATES:
+            raise ValueError(f"task 'bayesian_logreg': unknown state {state!r}; "
+                             f"known: {', '.join(STATES)}")
 
     @classmethod
     def check_inputs(cls, params) -> None:
@@ -172,28 +221,56 @@ class BayesianLogReg(Task):
         size = max(1, BLOCK_ELEMENTS // max(1, self.n_train))
         return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
+    def _log_prior(self, x):
+        """log prior density of states ``x`` (numpy or torch), in the task's state."""
+        p = self.n_weights
+        v, eta = x[:, :p], x[:, p]
+        if self.non_centred:
+            return -0.5 * ((v * v).sum(1) + p * LOG_2PI) + log_eta_prior(eta, self.prior_rate)
+        exp = np.exp if isinstance(x, np.ndarray) else type(x).exp
+        return (0.5 * p * (eta - LOG_2PI) - 0.5 * exp(eta) * (v * v).sum(1)
+                + log_eta_prior(eta, self.prior_rate))
+
+    def _grad_prior_terms(self, x, grad_nll_w):
+        """∇Φ from ∇_w of the negative log-likelihood ``(n, p)`` (numpy or torch).
+
+        Centred: ∇_w Φ = ∇_w nll + α w, ∂_η Φ = −(p/2 + a) + α(‖w‖²/2 + b).
+        Non-centred (w = v e^{−η/2}): ∇_v Φ = e^{−η/2} ∇_w nll + v,
+        ∂_η Φ = −½ wᵀ∇_w nll − a + b α.
+        """
+        p = self.n_weights
+        v, eta = x[:, :p], x[:, p]
+        exp = np.exp if isinstance(x, np.ndarray) else type(x).exp
+        alpha = exp(eta)
+        if self.non_centred:
+            scale = exp(-0.5 * eta)[:, None]
+            grad_v = scale * grad_nll_w + v
+            grad_eta = (-0.5 * ((scale * v) * grad_nll_w).sum(1) - PRIOR_SHAPE
+                        + self.prior_rate * alpha)
+            return grad_v, grad_eta
+        grad_w = grad_nll_w + alpha[:, None] * v
+        grad_eta = -(0.5 * p + PRIOR_SHAPE - alpha * (0.5 * (v * v).sum(1) + self.prior_rate))
+        return grad_w, grad_eta
+
     def potential(self, x):
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-        w, eta = x[:, :-1], x[:, -1]
+        w = weights_from_state(x, self.n_weights, self.params["state"])
         nll = np.empty(x.shape[0])
         for block in self._blocks(x.shape[0]):
             u = (w[block] @ self.z_train.T) * self.s_train  # (b, N)
             nll[block] = -log_sigmoid(u).sum(axis=1)
-        return nll - prior_log_density(w, eta, self.prior_rate)
+        return nll - self._log_prior(x)
 
     def grad_potential(self, x):
         x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-        w, eta = x[:, :-1], x[:, -1]
-        grad_w = np.empty_like(w)
+        w = weights_from_state(x, self.n_weights, self.params["state"])
+        grad_nll = np.empty_like(w)
         for block in self._blocks(x.shape[0]):
             u = (w[block] @ self.z_train.T) * self.s_train
             # d softplus(−u)/du = −σ(−u)
             coef = -np.exp(log_sigmoid(-u)) * self.s_train
-            grad_w[block] = coef @ self.z_train
-        alpha = np.exp(eta)
-        grad_w += alpha[:, None] * w
-        grad_eta = -(0.5 * self.n_weights + PRIOR_SHAPE
-                     - alpha * (0.5 * np.sum(w * w, axis=1) + self.prior_rate))
+            grad_nll[block] = coef @ self.z_train
+        grad_w, grad_eta = self._grad_prior_terms(x, grad_nll)
         return np.hstack([grad_w, grad_eta[:, None]])
 
     # potential (torch, optional minibatch) --------------------------------------
@@ -229,36 +306,28 @@ class BayesianLogReg(Task):
         import torch
 
         z, s, scale = self._batch_torch(x, batch)
-        w, eta = x[:, :-1], x[:, -1]
+        w = weights_from_state(x, self.n_weights, self.params["state"])
         nll = torch.nn.functional.softplus(-(w @ z.T) * s).sum(dim=1) * scale
-        alpha = torch.exp(eta)
-        p = self.n_weights
-        log_prior = (0.5 * p * (eta - LOG_2PI) - 0.5 * alpha * (w * w).sum(dim=1)
-                     + PRIOR_SHAPE * np.log(self.prior_rate) - float(gammaln(PRIOR_SHAPE))
-                     + (PRIOR_SHAPE - 1.0) * eta - self.prior_rate * alpha + eta)
-        return nll - log_prior
+        return nll - self._log_prior(x)
 
     def grad_potential_torch(self, x, batch=None):
         import torch
 
         z, s, scale = self._batch_torch(x, batch)
-        w, eta = x[:, :-1], x[:, -1]
+        w = weights_from_state(x, self.n_weights, self.params["state"])
         coef = -torch.sigmoid(-(w @ z.T) * s) * s  # (n, b)
-        alpha = torch.exp(eta)
-        grad_w = scale * (coef @ z) + alpha[:, None] * w
-        grad_eta = -(0.5 * self.n_weights + PRIOR_SHAPE
-                     - alpha * (0.5 * (w * w).sum(dim=1) + self.prior_rate))
+        grad_w, grad_eta = self._grad_prior_terms(x, scale * (coef @ z))
         return torch.cat([grad_w, grad_eta[:, None]], dim=1)
 
     # initial law = prior ----------------------------------------------------------
     def sample_initial(self, n, rng):
         alpha = rng.gamma(PRIOR_SHAPE, 1.0 / self.prior_rate, size=n)  # numpy takes the scale
-        w = rng.standard_normal((n, self.n_weights)) / np.sqrt(alpha)[:, None]
+        v = rng.standard_normal((n, self.n_weights))
+        w = v if self.non_centred else v / np.sqrt(alpha)[:, None]
         return np.hstack([w, np.log(alpha)[:, None]])
 
     def log_density_initial(self, x):
-        x = np.atleast_2d(np.asarray(x, dtype=np.float64))
-        return prior_log_density(x[:, :-1], x[:, -1], self.prior_rate)
+        return self._log_prior(np.atleast_2d(np.asarray(x, dtype=np.float64)))
 
     # reference: none; test data for the predictive metrics ---------------------
     def reference(self, t):
@@ -267,5 +336,5 @@ class BayesianLogReg(Task):
                 f"{self.data.source}")
         extras = {"dataset": self.data.name, "z_test": self.z_test,
                   "y_test": self.data.y_test, "n_weights": self.n_weights,
-                  "n_train": self.n_train}
+                  "n_train": self.n_train, "state": self.params["state"]}
         return Reference(t=float(t), provenance=note, error_estimate=0.0, extras=extras)

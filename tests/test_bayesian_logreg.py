@@ -13,7 +13,7 @@ from solvers.base import RunContext, SolverResult
 from solvers.em import EulerMaruyama
 from tasks import blr_data
 from tasks.base import Reference
-from tasks.bayesian_logreg import BayesianLogReg
+from tasks.bayesian_logreg import BayesianLogReg, weights_from_state
 from tasks.blr_data import DataUnavailableError, load_dataset, standardise
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "blr"
@@ -112,8 +112,9 @@ def test_local_copies_load(name, n_features):
 
 
 # --- potential ---------------------------------------------------------------------
-def test_gradients_match_finite_differences_and_autograd():
-    task = make()
+@pytest.mark.parametrize("state", ["centred", "non_centred"])
+def test_gradients_match_finite_differences_and_autograd(state):
+    task = make(state=state)
     x = task.sample_initial(4, np.random.default_rng(1))
     x[:, -1] = np.log([0.5, 1.0, 2.0, 5.0])  # moderate α keeps the check well scaled
     g = task.grad_potential(x)
@@ -158,6 +159,47 @@ def test_prior_sampler_matches_its_density():
     gauss_at_zero = 0.5 * task.n_weights * (eta - np.log(2 * np.pi))
     np.testing.assert_allclose(task.log_density_initial(np.column_stack([z, eta])),
                                expected + gauss_at_zero)
+
+
+def test_non_centred_state_is_the_same_model():
+    centred, non_centred = make(), make(state="non_centred")
+    x = non_centred.sample_initial(5, np.random.default_rng(8))
+    p = non_centred.n_weights
+    w = weights_from_state(x, p, "non_centred")
+    np.testing.assert_allclose(w, x[:, :p] * np.exp(-x[:, -1:] / 2))
+    xc = np.hstack([w, x[:, -1:]])
+    # w = v e^{−η/2} has Jacobian |∂w/∂v| = e^{−pη/2}: densities differ by it, and
+    # only by it, so Φ (and the prior) carry the same posterior on w
+    np.testing.assert_allclose(non_centred.potential(x),
+                               centred.potential(xc) + 0.5 * p * x[:, -1], rtol=1e-12)
+    np.testing.assert_allclose(non_centred.log_density_initial(x),
+                               centred.log_density_initial(xc) - 0.5 * p * x[:, -1],
+                               rtol=1e-12)
+    # the prior sampler: v ~ N(0, I) independent of η, and w's law matches the centred one
+    draws = non_centred.sample_initial(100_000, np.random.default_rng(9))
+    assert np.std(draws[:, :p]) == pytest.approx(1.0, rel=0.01)
+    assert abs(np.corrcoef(np.abs(draws[:, 0]), draws[:, -1])[0, 1]) < 0.02
+    w_nc = weights_from_state(draws, p, "non_centred")[:, 0]
+    w_c = centred.sample_initial(100_000, np.random.default_rng(10))[:, 0]
+    levels = [0.1, 0.25, 0.5, 0.75, 0.9]
+    np.testing.assert_allclose(np.quantile(np.abs(w_nc), levels),
+                               np.quantile(np.abs(w_c), levels), rtol=0.05)
+    assert non_centred.reference(1.0).extras["state"] == "non_centred"
+
+
+def test_metrics_read_weights_through_the_state():
+    task = make(state="non_centred")
+    ref = task.reference(1.0)
+    x = task.sample_initial(64, np.random.default_rng(11))
+    x[:, -1] = np.log(4.0)  # w = v / 2
+    halved = x.copy()
+    halved[:, :-1] /= 2.0
+    result = SolverResult(samples=x)
+    as_centred = SolverResult(samples=halved)
+    centred_ref = make().reference(1.0)
+    rng = np.random.default_rng
+    assert TEST_LOGLIK.fn(result, ref, rng=rng(0)) == \
+        pytest.approx(TEST_LOGLIK.fn(as_centred, centred_ref, rng=rng(0)), rel=1e-12)
 
 
 def test_reference_has_no_ground_truth_but_carries_the_test_set():
@@ -216,6 +258,7 @@ def test_study_protocol_reads_diabetis_as_libsvm_diabetes_scale():
 
 @pytest.mark.parametrize("params", [{"dataset": "mnist"}, {"split": -1}, {"split": 1.5},
                                     {"data_dir": 3}, {"protocol": "mine"},
+                                    {"state": "whitened"},
                                     {"dataset": "synthetic", "protocol": "study"}])
 def test_invalid_parameters_are_rejected(params):
     with pytest.raises(ValueError):

@@ -136,6 +136,14 @@ def test_blr_table_gives_median_and_range_per_protocol(tmp_path):
     assert "0.74 [0.7, 0.8]" in study_row and "-0.55 [-0.6, -0.5]" in study_row
     # the single gfbench run shows its value alone
     assert any(line.startswith("| german | 0.66 |") for line in md.splitlines())
+    # a non-default state gets its own table; NaN (before the parameter) is centred
+    frame["task.state"] = [np.nan, "centred", "non_centred", np.nan]
+    doc = _Document(tmp_path)
+    _blr_section(doc, frame, ["test_accuracy", "test_loglik"])
+    md = "".join(doc.md)
+    assert "Protocol `study, non_centred state`" in md and "Protocol `study`" in md
+    assert any(line.startswith("| german | 0.8 |") for line in md.splitlines())
+    assert "0.72 [0.7, 0.74]" in md
 
 
 def test_leaderboard_lists_the_better_median_first_within_a_shared_rank():
