@@ -159,3 +159,25 @@ def test_leaderboard_lists_the_better_median_first_within_a_shared_rank():
     lower = leaderboard.build_leaderboard(frame.assign(test_loglik=-frame["test_loglik"]),
                                           metric="test_loglik")
     assert lower["solver"].tolist()[0].startswith("a")
+
+
+def test_blr_paired_differences_remove_the_split_to_split_spread(tmp_path):
+    from runners.report import _blr_section, _Document, _paired_differences
+
+    # the splits differ by 0.1 while icnn sits 0.01 above svgd on each of them
+    svgd = [0.60, 0.70, 0.80]
+    frame = pd.DataFrame({
+        "task": "bayesian_logreg", "t": 1.0, "status": "ok", "task.dataset": "german",
+        "task.protocol": "study", "task.split": [0, 1, 2] * 2 + [2], "seed": 0,
+        "label": ["svgd"] * 3 + ["icnn"] * 3 + ["em"],
+        "test_accuracy": svgd + [a + 0.01 for a in svgd] + [0.5],
+        "test_loglik": -0.5})
+    frame["solver"] = frame["label"]
+    paired = _paired_differences(frame, "task.dataset", "test_accuracy")
+    assert paired.loc["german", "icnn − svgd test_accuracy (same split)"] == "0.01 [0.01, 0.01]"
+    assert paired.loc["german", "em − svgd test_accuracy (same split)"] == "-0.3"
+    assert _paired_differences(frame[frame["label"] != "svgd"], "task.dataset",
+                               "test_accuracy").empty
+    doc = _Document(tmp_path)
+    _blr_section(doc, frame, ["test_accuracy", "test_loglik"])
+    assert "icnn − svgd test_accuracy (same split)" in "".join(doc.md)
