@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import inspect
+from pathlib import Path
 import pkgutil
 from functools import lru_cache
 from types import ModuleType
@@ -110,5 +111,5 @@ def code_hash(cls: type) -> str:
     Part of the run id, so editing a solver invalidates its cached runs.
     """
     path = inspect.getsourcefile(cls)
-    data = open(path, "rb").read() if path else cls.__qualname__.encode()
+    data = Path(path).read_bytes() if path else cls.__qualname__.encode()
     return hashlib.sha256(data).hexdigest()[:12]
