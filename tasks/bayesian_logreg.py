@@ -84,30 +84,34 @@ def log_sigmoid(u: np.ndarray) -> np.ndarray:
     return -np.logaddexp(0.0, -u)
 
 
+def _exp(a):
+    """exp of a numpy array or a torch tensor (the potential has both versions)."""
+    return np.exp(a) if isinstance(a, np.ndarray) else a.exp()
+
+
 def log_eta_prior(eta, rate: float):
     """log density of η = log α, α ~ Gamma(shape 1, rate ``rate``), Jacobian α included.
 
     Works on numpy arrays and torch tensors alike.
     """
-    exp = np.exp if isinstance(eta, np.ndarray) else type(eta).exp
     return (PRIOR_SHAPE * np.log(rate) - float(gammaln(PRIOR_SHAPE))
-            + PRIOR_SHAPE * eta - rate * exp(eta))
+            + PRIOR_SHAPE * eta - rate * _exp(eta))
 
 
-def prior_log_density(w: np.ndarray, eta: np.ndarray, rate: float) -> np.ndarray:
+def prior_log_density(w, eta, rate: float):
     """log p(w, η) ``(n,)`` for ``w (n, p)``, ``η (n,)``, with the Jacobian of η = log α.
 
-    α ~ Gamma(shape 1, rate ``rate``).
+    α ~ Gamma(shape 1, rate ``rate``); numpy arrays or torch tensors.
     """
     p = w.shape[1]
-    log_gauss = 0.5 * p * (eta - LOG_2PI) - 0.5 * np.exp(eta) * np.sum(w * w, axis=1)
+    log_gauss = 0.5 * p * (eta - LOG_2PI) - 0.5 * _exp(eta) * (w * w).sum(1)
     return log_gauss + log_eta_prior(eta, rate)
 
 
-def prior_log_density_non_centred(v: np.ndarray, eta: np.ndarray, rate: float) -> np.ndarray:
+def prior_log_density_non_centred(v, eta, rate: float):
     """log p(v, η) ``(n,)`` of the non-centred state (w = v·exp(−η/2)): N(0, I) × p(η)."""
     p = v.shape[1]
-    return -0.5 * (np.sum(v * v, axis=1) + p * LOG_2PI) + log_eta_prior(eta, rate)
+    return -0.5 * ((v * v).sum(1) + p * LOG_2PI) + log_eta_prior(eta, rate)
 
 
 def weights_from_state(x, n_weights: int, state: str = "centred"):
@@ -118,8 +122,7 @@ def weights_from_state(x, n_weights: int, state: str = "centred"):
     w = x[:, :n_weights]
     if state == "centred":
         return w
-    exp = np.exp if isinstance(x, np.ndarray) else type(x).exp
-    return w * exp(-0.5 * x[:, n_weights:n_weights + 1])
+    return w * _exp(-0.5 * x[:, n_weights:n_weights + 1])
 
 
 def study_features(data: BlrData) -> BlrData:
@@ -223,13 +226,8 @@ class BayesianLogReg(Task):
 
     def _log_prior(self, x):
         """log prior density of states ``x`` (numpy or torch), in the task's state."""
-        p = self.n_weights
-        v, eta = x[:, :p], x[:, p]
-        if self.non_centred:
-            return -0.5 * ((v * v).sum(1) + p * LOG_2PI) + log_eta_prior(eta, self.prior_rate)
-        exp = np.exp if isinstance(x, np.ndarray) else type(x).exp
-        return (0.5 * p * (eta - LOG_2PI) - 0.5 * exp(eta) * (v * v).sum(1)
-                + log_eta_prior(eta, self.prior_rate))
+        density = prior_log_density_non_centred if self.non_centred else prior_log_density
+        return density(x[:, :self.n_weights], x[:, self.n_weights], self.prior_rate)
 
     def _grad_prior_terms(self, x, grad_nll_w):
         """∇Φ from ∇_w of the negative log-likelihood ``(n, p)`` (numpy or torch).
@@ -240,10 +238,9 @@ class BayesianLogReg(Task):
         """
         p = self.n_weights
         v, eta = x[:, :p], x[:, p]
-        exp = np.exp if isinstance(x, np.ndarray) else type(x).exp
-        alpha = exp(eta)
+        alpha = _exp(eta)
         if self.non_centred:
-            scale = exp(-0.5 * eta)[:, None]
+            scale = _exp(-0.5 * eta)[:, None]
             grad_v = scale * grad_nll_w + v
             grad_eta = (-0.5 * ((scale * v) * grad_nll_w).sum(1) - PRIOR_SHAPE
                         + self.prior_rate * alpha)
