@@ -1,11 +1,15 @@
 """From per-run rows to per-configuration summaries.
 
 Shared by the report, the leaderboard and ``compare``: it names the metric
-columns, labels solver configurations readably, and reduces seeds to a median
-with an interquartile range and a seed-bootstrap interval.
+columns, labels configurations readably (only what varies), pools the
+parameters that merely index replicates (a data split) with the seeds, and
+reduces replicates to a median with an interval that uses both the spread
+over replicates and each run's own Monte Carlo standard error.
 """
 from __future__ import annotations
 
+import math
+import re
 from typing import Iterable
 
 import numpy as np
@@ -16,10 +20,12 @@ from runners import registry
 #: columns identifying one configuration (one cell of the grid, all seeds)
 CONFIG_KEYS = ["task", "task_config", "solver", "solver_config", "t"]
 FAILED_STATUSES = ("error", "timeout", "diverged")
+#: task parameters never shown in labels (where data live is not what was run)
+HIDDEN_TASK_PARAMS = ("data_dir",)
 
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
-    """Registered metric names that have at least one value in ``frame``."""
+    """Registered metric names that have at least one non-NaN value in ``frame``."""
     names = [name for name in registry.metrics() if name in frame.columns]
     return [name for name in names if pd.to_numeric(frame[name], errors="coerce").notna().any()]
 
@@ -30,62 +36,143 @@ def lower_is_better(metric: str) -> bool:
     return known[metric].lower_is_better if metric in known else True
 
 
-def varying_params(frame: pd.DataFrame, prefix: str) -> list[str]:
+def metric_title(metric: str) -> str:
+    """A metric's name in words ("energy distance"); the column name when unknown."""
+    known = registry.metrics()
+    return known[metric].title if metric in known else metric
+
+
+def metric_lower_bound(metric: str) -> float | None:
+    """The best value ``metric`` can take (0 for divergences), if it has one."""
+    known = registry.metrics()
+    return known[metric].lower_bound if metric in known else None
+
+
+# --- labels ----------------------------------------------------------------------------
+def varying_params(frame: pd.DataFrame, prefix: str, hidden: Iterable[str] = ()) -> list[str]:
     """Parameter columns (``prefix.*``) taking more than one value in ``frame``."""
-    columns = [c for c in frame.columns if c.startswith(prefix + ".")]
+    hidden = {f"{prefix}.{h}" for h in hidden}
+    columns = [c for c in frame.columns if c.startswith(prefix + ".") and c not in hidden]
     return sorted(c for c in columns if frame[c].astype(str).nunique(dropna=False) > 1)
 
 
-def solver_labels(frame: pd.DataFrame) -> pd.Series:
-    """``em(n_particles=10000)``: the solver name plus the parameters that vary.
+def _short_names(solver: str) -> dict[str, str]:
+    cls = registry.solvers().get(solver)
+    return dict(getattr(cls, "labels", {}) or {})
 
-    Parameters that are constant for a solver across ``frame`` are left out so
-    that labels stay short; they remain in ``solver_config``.
+
+def solver_labels(frame: pd.DataFrame) -> pd.Series:
+    """``em(N=1000)``: the solver's name plus the parameters that vary, per task.
+
+    Within each task, parameters a solver holds constant are left out (they
+    stay in ``solver_config``), and long names use the solver's ``labels``
+    abbreviations, so a label reads like the table it is in.
     """
     labels = pd.Series(index=frame.index, dtype=object)
-    for solver, part in frame.groupby("solver", sort=True):
+    for (_, solver), part in frame.groupby(["task", "solver"], sort=True):
         keys = varying_params(part.dropna(axis=1, how="all"), "solver")
         if not keys:
             labels[part.index] = solver
             continue
-        inner = part[keys].astype(str).apply(
-            lambda r: ",".join(f"{k.split('.', 1)[1]}={_compact(v)}" for k, v in r.items()), axis=1)
+        short = _short_names(solver)
+        inner = part[keys].astype(str).apply(lambda r: ",".join(
+            f"{short.get(k.split('.', 1)[1], k.split('.', 1)[1])}={_compact(v)}"
+            for k, v in r.items()), axis=1)
         labels[part.index] = solver + "(" + inner + ")"
     return labels
 
 
+def group_labels(frame: pd.DataFrame) -> pd.Series:
+    """Task configuration without its replicate parameters: ``dim=4``, ``dataset=german``.
+
+    Per task, only the parameters that vary are shown; the replicate
+    parameters (``Task.replicate_parameters``, e.g. a random data split) and
+    :data:`HIDDEN_TASK_PARAMS` are left out, so replicates share one group.
+    """
+    labels = pd.Series(index=frame.index, dtype=object)
+    for task, part in frame.groupby("task", sort=True):
+        task_cls = registry.tasks().get(task)
+        hidden = tuple(getattr(task_cls, "replicate_parameters", ())) + HIDDEN_TASK_PARAMS
+        keys = varying_params(part.dropna(axis=1, how="all"), "task", hidden)
+        if not keys:
+            labels[part.index] = "all"
+            continue
+        labels[part.index] = part[keys].astype(str).apply(lambda r: ", ".join(
+            f"{k.split('.', 1)[1]}={_compact(v)}" for k, v in r.items()), axis=1)
+    return labels
+
+
+def replicate_keys(frame: pd.DataFrame) -> pd.Series:
+    """One key per replicate of a configuration: the seed and any replicate parameters."""
+    keys = pd.Series("seed=" + frame["seed"].astype(str), index=frame.index)
+    for task, part in frame.groupby("task", sort=False):
+        task_cls = registry.tasks().get(task)
+        for name in getattr(task_cls, "replicate_parameters", ()):
+            column = f"task.{name}"
+            if column in part:
+                keys[part.index] = keys[part.index] + f",{name}=" + part[column].astype(str)
+    return keys
+
+
 def _compact(value: str) -> str:
-    """``10000.0`` → ``10000`` so labels read like the parameters were typed."""
+    """``10000.0`` → ``10000``, ``0.001`` → ``1e-3``: labels read as typed."""
     try:
         number = float(value)
     except ValueError:
         return value
-    return str(int(number)) if number.is_integer() and abs(number) < 1e15 else value
+    if number.is_integer() and abs(number) < 1e15:
+        return str(int(number))
+    if 0 < abs(number) < 1e-2:
+        mantissa, exponent = f"{number:.2e}".split("e")
+        return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+    return value
 
 
-def bootstrap_median_ci(values: np.ndarray, n_boot: int = 1000, level: float = 0.9,
-                        seed: int = 0) -> tuple[float, float]:
-    """Percentile interval of the median over seeds, by resampling seeds.
+# --- replicates to a score --------------------------------------------------------------
+def bootstrap_median_interval(values: np.ndarray, se: np.ndarray | None = None,
+                              level: float = 0.9, n_boot: int = 2000, seed: int = 0,
+                              lower_bound: float | None = None) -> tuple[float, float]:
+    """Interval of the median over replicates, by resampling them and their MC noise.
 
-    Deterministic (fixed ``seed``) so reports are reproducible. With one value
-    the interval is that value: a single seed gives no evidence of spread.
+    Each bootstrap draw resamples the replicates with replacement and adds to
+    each value a normal draw with its own standard error, so a single
+    replicate gets the interval of its Monte Carlo error (never a zero width
+    unless the value is exact) and many replicates get their spread. Infinite
+    values stay infinite; an unknown standard error counts as infinitely
+    wide. The interval is cut at ``lower_bound`` (the estimand cannot lie
+    below it). Deterministic (fixed ``seed``).
     """
     values = np.asarray(values, dtype=np.float64)
-    values = values[np.isfinite(values)]
+    se = np.zeros_like(values) if se is None else np.asarray(se, dtype=np.float64)
+    keep = ~np.isnan(values)
+    values, se = values[keep], np.where(np.isnan(se[keep]), np.inf, se[keep])
     if values.size == 0:
         return float("nan"), float("nan")
-    if values.size == 1:
-        return float(values[0]), float(values[0])
-    rng = np.random.default_rng(seed)
-    draws = rng.choice(values, size=(n_boot, values.size), replace=True)
-    medians = np.median(draws, axis=1)
+    medians = _bootstrap_medians(values, se, n_boot, seed)
     alpha = (1.0 - level) / 2.0
-    return float(np.quantile(medians, alpha)), float(np.quantile(medians, 1.0 - alpha))
+    # order statistics (outward), not interpolations: medians may be infinite
+    low = np.quantile(medians, alpha, method="lower")
+    high = np.quantile(medians, 1.0 - alpha, method="higher")
+    if lower_bound is not None:
+        low, high = max(low, lower_bound), max(high, lower_bound)
+    return float(low), float(high)
+
+
+def _bootstrap_medians(values: np.ndarray, se: np.ndarray, n_boot: int, seed: int
+                       ) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    rows = rng.integers(values.size, size=(n_boot, values.size))
+    noise = rng.standard_normal((n_boot, values.size))
+    with np.errstate(invalid="ignore"):
+        jitter = np.where(np.isfinite(se[rows]), se[rows] * noise,
+                          np.where(noise >= 0, np.inf, -np.inf))
+        draws = np.where(np.isinf(values[rows]), values[rows], values[rows] + jitter)
+        return np.median(draws, axis=1)
 
 
 def summarise(frame: pd.DataFrame, metrics: Iterable[str],
               keys: list[str] | None = None) -> pd.DataFrame:
-    """Median, quartiles and counts of each metric per configuration.
+    """Median, quartiles, typical standard error and counts of each metric per configuration.
 
     Parameters
     ----------
@@ -100,7 +187,8 @@ def summarise(frame: pd.DataFrame, metrics: Iterable[str],
     -------
     DataFrame
         One row per configuration with ``n_ok``, ``n_failed``, ``n_skipped`` and
-        ``<metric>_median``, ``_q25``, ``_q75`` columns.
+        ``<metric>_median``, ``_q25``, ``_q75``, ``_se`` (median of the runs'
+        standard errors) and ``_n_inf`` columns.
     """
     keys = keys or [k for k in CONFIG_KEYS + ["label"] if k in frame.columns]
     out = []
@@ -112,13 +200,17 @@ def summarise(frame: pd.DataFrame, metrics: Iterable[str],
         for metric in metrics:
             values = pd.to_numeric(ok[metric], errors="coerce").dropna() \
                 if metric in ok.columns else pd.Series(dtype=float)
-            if values.empty:
-                row.update({f"{metric}_median": np.nan, f"{metric}_q25": np.nan,
-                            f"{metric}_q75": np.nan})
-            else:
-                row.update({f"{metric}_median": float(values.median()),
-                            f"{metric}_q25": float(values.quantile(0.25)),
-                            f"{metric}_q75": float(values.quantile(0.75))})
+            se_col = f"{metric}_se"
+            se = pd.to_numeric(ok[se_col], errors="coerce").dropna() \
+                if se_col in ok.columns else pd.Series(dtype=float)
+            with np.errstate(invalid="ignore"):  # quantiles between infinite values
+                quantiles = values.quantile([0.25, 0.5, 0.75]) if not values.empty else None
+            row.update({
+                f"{metric}_median": float(quantiles[0.5]) if quantiles is not None else np.nan,
+                f"{metric}_q25": float(quantiles[0.25]) if quantiles is not None else np.nan,
+                f"{metric}_q75": float(quantiles[0.75]) if quantiles is not None else np.nan,
+                f"{metric}_se": float(se.median()) if not se.empty else np.nan,
+                f"{metric}_n_inf": int(np.isinf(values).sum())})
         out.append(row)
     return pd.DataFrame(out)
 
@@ -138,16 +230,19 @@ def final_time_rows(frame: pd.DataFrame) -> pd.DataFrame:
 
 def natural_key(text: str) -> list:
     """Sort key treating digit runs as numbers: ``dim=2`` before ``dim=10``."""
-    import re
-
     return [(0, float(part), "") if part[:1].isdigit() else (1, 0.0, part)
             for part in re.findall(r"\d+(?:\.\d+)?|\D+", str(text))]
 
 
 def format_number(value: float, digits: int = 3) -> str:
-    """Three significant digits, scientific only when needed; '—' for missing."""
-    if value is None or not np.isfinite(value):
+    """Three significant digits, scientific only when needed; ∞ for infinity, — for missing."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
         return "—"
+    value = float(value)
+    if math.isnan(value):
+        return "—"
+    if math.isinf(value):
+        return "∞" if value > 0 else "−∞"
     if value == 0:
         return "0"
     magnitude = abs(value)
@@ -156,12 +251,19 @@ def format_number(value: float, digits: int = 3) -> str:
     return f"{value:.{max(digits - 1, 1)}e}"
 
 
-def median_iqr(row: pd.Series, metric: str) -> str:
-    """``0.012 [0.010, 0.015]`` from a :func:`summarise` row."""
+def median_iqr(row: pd.Series, metric: str, with_se: bool = False) -> str:
+    """``0.012 [0.010, 0.015]`` from a :func:`summarise` row (``± se`` when asked)."""
     median = row.get(f"{metric}_median", np.nan)
-    if not np.isfinite(median):
+    if median is None or np.isnan(median):
         return "—"
+    text = format_number(median)
     q25, q75 = row[f"{metric}_q25"], row[f"{metric}_q75"]
-    if q25 == q75:
-        return format_number(median)
-    return f"{format_number(median)} [{format_number(q25)}, {format_number(q75)}]"
+    if q25 != q75:
+        text += f" [{format_number(q25)}, {format_number(q75)}]"
+    se = row.get(f"{metric}_se", np.nan)
+    if with_se and se is not None and np.isfinite(se) and se > 0 and np.isfinite(median):
+        text += f" ±{format_number(se, 2)}"
+    n_inf = row.get(f"{metric}_n_inf", 0)
+    if n_inf and np.isfinite(median):
+        text += f" ({int(n_inf)}×∞)"
+    return text

@@ -69,10 +69,31 @@ def _build_parser() -> argparse.ArgumentParser:
     prune.add_argument("--delete", action="store_true",
                        help="delete the stale files and re-export results.csv/.parquet")
 
-    compare = sub.add_parser("compare", help="regression check of NEW against BASELINE")
-    compare.add_argument("baseline")
-    compare.add_argument("new")
-    compare.add_argument("--rtol", type=float, default=None, help="relative tolerance override")
+    compare = sub.add_parser(
+        "compare", help="regression check of NEW against BASELINE",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Regression gate: match configurations (task, task config, solver, solver "
+                    "config, t), pair runs over seeds, and judge every metric.",
+        epilog="""verdicts:
+  same             every paired difference within tolerance (rtol, atol) or 3 standard errors
+  better / worse   every difference beyond both, one direction (Wilcoxon with >= 6 seeds);
+                   a finite value that became infinite is worse
+  not significant  beyond tolerance, not consistently
+  new failure      ok in the baseline, failed (or no longer computed) now
+  fixed            the reverse
+  not comparable   task, solver or metric version changed
+  missing / new    configuration in the baseline only / in the new results only
+
+exit codes:
+  0  something was compared and nothing regressed
+  1  worse, new failure, missing (unless --allow-missing), or corrupt run files
+  2  bad input, or nothing to compare (no shared configuration, no comparable metric)""")
+    compare.add_argument("baseline", help="results directory of the reference run")
+    compare.add_argument("new", help="results directory to judge")
+    compare.add_argument("--rtol", type=float, default=None,
+                         help="relative tolerance for every metric (default: per metric)")
+    compare.add_argument("--allow-missing", action="store_true",
+                         help="do not fail when baseline configurations are absent from NEW")
     compare.add_argument("--out", help="write the comparison table (CSV) here")
     return parser
 
@@ -291,13 +312,25 @@ def _require_results(paths: list[str]) -> list[Path]:
     return out
 
 
+def _load_and_warn(dirs: list[Path]):
+    """Rows of ``dirs``; unreadable run files are counted and named on stderr."""
+    from runners import store
+
+    frame, corrupt = store.load_checked(dirs)
+    if corrupt:
+        print(f"gfbench: warning: {len(corrupt)} unreadable run file(s) (corrupt, partial or "
+              "foreign) left out: " + ", ".join(map(str, corrupt)), file=sys.stderr)
+    return frame, corrupt
+
+
 def cmd_report(args) -> int:
     from runners.report import write_report
 
     dirs = _require_results(args.results)
     out = Path(args.out) if args.out else dirs[0] / "report"
     check_writable(out)
-    paths = write_report(dirs, out)
+    frame, corrupt = _load_and_warn(dirs)
+    paths = write_report(dirs, out, frame=frame, corrupt=corrupt)
     print(f"gfbench: report -> {paths['markdown']} and {paths['html']}")
     return EXIT_OK
 
@@ -334,19 +367,29 @@ def cmd_leaderboard(args) -> int:
 
     if args.metric and args.metric not in registry.metrics():
         raise BadInput(f"unknown metric {args.metric!r}; known: {', '.join(registry.metrics())}")
-    paths = write_leaderboard(dirs, out, metric=args.metric)
+    frame, _ = _load_and_warn(dirs)
+    paths = write_leaderboard(dirs, out, metric=args.metric, frame=frame)
     print(f"gfbench: leaderboard -> {paths['markdown']} and {paths['csv']}")
     return EXIT_OK
 
 
 def cmd_compare(args) -> int:
-    from runners.compare import compare_dirs
+    import math
 
+    from runners.compare import NothingCompared, compare_dirs
+
+    if args.rtol is not None and not (math.isfinite(args.rtol) and args.rtol >= 0):
+        raise BadInput(f"--rtol must be a finite number >= 0, got {args.rtol}")
     base, new = _require_results([args.baseline, args.new])
     if args.out:
         check_writable(Path(args.out).parent)
-    regressions = compare_dirs(base, new, rtol=args.rtol, out=Path(args.out) if args.out else None)
-    return EXIT_FAILED if regressions else EXIT_OK
+    try:
+        failures = compare_dirs(base, new, rtol=args.rtol,
+                                out=Path(args.out) if args.out else None,
+                                allow_missing=args.allow_missing)
+    except NothingCompared as exc:
+        raise BadInput(f"nothing compared: {exc}") from None
+    return EXIT_FAILED if failures else EXIT_OK
 
 
 COMMANDS = {"run": cmd_run, "list": cmd_list, "report": cmd_report,

@@ -30,8 +30,10 @@ def base_row(spec: dict, options: dict) -> dict[str, Any]:
     """Fields shared by all rows of a run (no outcome yet)."""
     row = {
         "run_id": spec["run_id"], "task": spec["task"], "task_version": spec["task_version"],
-        "task_config": config_label(spec["task_params"]),
-        "solver": spec["solver"], "solver_version": spec["solver_version"],
+        "task_code": spec.get("task_code", ""), "task_config": config_label(spec["task_params"]),
+        # a plugin's row carries its class name; its import path stays in solver_path
+        "solver": spec.get("solver_name", spec["solver"]), "solver_path": spec["solver"],
+        "solver_version": spec["solver_version"],
         "solver_code": spec["solver_code"], "solver_config": config_label(spec["solver_params"]),
         "seed": spec["seed"], "metric_versions": json.dumps(spec["metrics"], sort_keys=True),
     }
@@ -73,17 +75,39 @@ def _finite(result: SolverResult) -> bool:
     return True
 
 
-def _evaluate(spec: dict, task, result: SolverResult, t: float, t_index: int) -> dict[str, Any]:
-    """Metric values at one time; NaN where a metric does not apply."""
+def reference_draws(spec: dict, task, reference, t: float, options: dict):
+    """The reference's shared draws at ``t``: the same streams for every solver of the grid."""
+    from metrics.base import ReferenceDraws
+
+    key = json.dumps([spec["task"], spec["task_params"], spec.get("task_code", ""),
+                      spec["seed"], spec["seed_entropy"], float(t)], sort_keys=True, default=str)
+    return ReferenceDraws(reference, grid.reference_seed(spec, t), options.get("cache_dir"), key)
+
+
+def _evaluate(spec: dict, task, result: SolverResult, t: float, options: dict
+              ) -> dict[str, Any]:
+    """Metric values (with standard errors, floors and notes) at one time."""
     reference = task.reference(t)
-    rng = np.random.default_rng(grid.metric_seed(spec, t_index))
+    rng = np.random.default_rng(grid.metric_seed(spec, t))
+    draws = reference_draws(spec, task, reference, t, options)
     values: dict[str, Any] = {}
+    notes: dict[str, str] = {}
     for name in spec["metrics"]:
         metric = registry.get_metric(name)
         # each metric gets its own stream so adding a metric changes no other value
         metric_rng = np.random.default_rng([int(rng.integers(2**31)), grid.stable_int(name)])
-        values[name] = metric(result, reference, rng=metric_rng) \
-            if metric.applies(result, reference) else None
+        outcome = metric(result, reference, rng=metric_rng, draws=draws) \
+            if metric.applies(result, reference) else metric.not_applicable()
+        values[name] = outcome.value
+        values[f"{name}_se"] = outcome.se
+        if np.isfinite(outcome.floor):
+            values[f"{name}_floor"] = outcome.floor
+        if outcome.note:
+            notes[name] = outcome.note
+    values["metric_notes"] = json.dumps(notes, sort_keys=True)
+    values["law"] = result.law
+    values["law_size"] = None if result.samples is None or result.law != "particles" \
+        else int(np.shape(result.samples)[0])
     if reference.grid is not None and reference.density is not None \
             and result.log_density is not None:
         values["curve"] = _curve(reference, result)
@@ -143,7 +167,7 @@ def execute(spec: dict, options: dict,
         return outcome_rows(spec, options, "error", _describe_exception(exc))
 
     rows, base = [], base_row(spec, options)
-    for t_index, t in enumerate(spec["times"]):
+    for t in spec["times"]:
         row = {**base, "t": t, "time_setup": time_setup, "time_run": time_run}
         result = results.get(t) if hasattr(results, "get") else None
         start = time.perf_counter()
@@ -151,10 +175,14 @@ def execute(spec: dict, options: dict,
             if result is None:
                 raise RuntimeError(f"solver returned no result for t={t}")
             status = "ok" if _finite(result) else "diverged"
-            values = _evaluate(spec, task, result, t, t_index)
-            error = "non-finite samples" if status == "diverged" else ""
             if status == "diverged":
-                values.update({name: None for name in spec["metrics"]})
+                error = "non-finite samples"
+                values = {name: None for name in spec["metrics"]}
+                values["metric_notes"] = json.dumps({name: "not computed: the solver diverged"
+                                                     for name in spec["metrics"]})
+            else:
+                values = _evaluate(spec, task, result, t, options)
+                error = ""
             info = json.dumps(result.info, default=str)
         except Exception as exc:
             status, error, info = "error", _describe_exception(exc), "{}"

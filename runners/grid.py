@@ -78,16 +78,33 @@ def solver_seed(spec: dict) -> np.random.SeedSequence:
         stable_int(spec["solver"]), 1))
 
 
-def metric_seed(spec: dict, t_index: int) -> np.random.SeedSequence:
-    """Metric randomness: shared by all solvers on the same task, seed and time."""
+def metric_seed(spec: dict, t: float) -> np.random.SeedSequence:
+    """Metric randomness: shared by all solvers on the same task, seed and time.
+
+    Keyed on the time's value, not its position, so that solvers evaluated at
+    different sets of times still share the streams at a common time.
+    """
     return np.random.SeedSequence(spec["seed_entropy"], spawn_key=(
-        stable_int(spec["task"]), stable_int(spec["task_params"]), spec["seed"], 2, t_index))
+        stable_int(spec["task"]), stable_int(spec["task_params"]), spec["seed"], 2,
+        stable_int(round(float(t), 12))))
+
+
+def reference_seed(spec: dict, t: float) -> np.random.SeedSequence:
+    """Root of the reference's draws at ``t`` (:class:`metrics.base.ReferenceDraws`)."""
+    return np.random.SeedSequence(spec["seed_entropy"], spawn_key=(
+        stable_int(spec["task"]), stable_int(spec["task_params"]), spec["seed"], 3,
+        stable_int(round(float(t), 12))))
+
+
+#: what a run id hashes: everything that defines a run's outcome, the code included
+RUN_ID_KEYS = ("task", "task_params", "task_version", "task_code", "solver", "solver_params",
+               "solver_version", "solver_code", "seed", "times", "metrics", "metric_code",
+               "seed_entropy")
 
 
 def run_id(spec: dict) -> str:
-    """Hash of everything that defines a run's outcome."""
-    keys = ("task", "task_params", "task_version", "solver", "solver_params",
-            "solver_version", "solver_code", "seed", "times", "metrics", "seed_entropy")
+    """Hash of everything that defines a run's outcome (:data:`RUN_ID_KEYS`)."""
+    keys = RUN_ID_KEYS
     return hashlib.sha256(json.dumps({k: spec[k] for k in keys}, sort_keys=True,
                                      default=str).encode()).hexdigest()[:16]
 
@@ -116,19 +133,21 @@ def _resolve_times(task_cls, name: str, times: list | None) -> list[float]:
     return sorted(set(times))
 
 
-def _metric_versions(names: list[str] | None) -> dict[str, str]:
+def _metric_versions(names: list[str] | None) -> tuple[dict[str, str], dict[str, str]]:
+    """Versions and code hashes of the selected metrics (all when ``names`` is None)."""
     known = registry.metrics()
     if names is None:
-        return {name: m.version for name, m in known.items()}
+        names = list(known)
     unknown = [n for n in names if n not in known]
     if unknown:
         raise BadInput(f"unknown metric(s) {unknown}; known: {', '.join(known)}")
-    return {name: known[name].version for name in names}
+    return ({name: known[name].version for name in names},
+            {name: registry.code_hash(known[name]) for name in names})
 
 
 def expand(config: RunConfig) -> list[dict]:
     """All run specs of ``config``, validated; raises :class:`BadInput`."""
-    metric_versions = _metric_versions(config.metrics)
+    metric_versions, metric_code = _metric_versions(config.metrics)
     specs, seen, checked = [], set(), set()
     for block in config.blocks:
         for task_name, task_grid in block.tasks.items():
@@ -170,10 +189,13 @@ def expand(config: RunConfig) -> list[dict]:
                             spec = {
                                 "task": task_name, "task_params": task_params,
                                 "task_version": task_cls.version,
-                                "solver": solver_name, "solver_params": solver_params,
+                                "task_code": registry.code_hash(task_cls),
+                                "solver": solver_name, "solver_name": solver_cls.name,
+                                "solver_params": solver_params,
                                 "solver_version": solver_cls.version,
                                 "solver_code": registry.code_hash(solver_cls),
                                 "seed": int(seed), "times": times, "metrics": metric_versions,
+                                "metric_code": metric_code,
                                 "seed_entropy": int(config.seed_entropy),
                             }
                             spec["run_id"] = run_id(spec)

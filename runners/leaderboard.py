@@ -1,12 +1,26 @@
-"""``gfbench leaderboard``: rank solver configurations per (task, task configuration).
+"""``gfbench leaderboard``: rank solver configurations per task, metric and group.
 
-Each entry is one solver configuration; its score is the median over seeds of
-the task's primary metric at the task's final evaluation time (``ok`` runs
-only). Its rank is one plus the number of entries that are *clearly* better:
-whose seed-bootstrap 90 % interval of the median lies entirely on the better
-side of this entry's interval. Entries with overlapping intervals therefore
-share ranks — with a single seed an interval is a point, so only exact ties
-tie; run more seeds for honest separation.
+A *table* is one (task, ranking metric, group) at the task's ranking time,
+where the group is the task configuration without its replicate parameters
+(``dim=4``; ``dataset=german, protocol=study`` with its random splits pooled).
+An *entry* is one solver configuration; its replicates are its (seed, split)
+runs, each with a value and that value's Monte Carlo standard error.
+
+Which metrics rank (``Task.rankings()``): the task's shared sample-distance
+metric for every solver, and, for the solvers with a density, Monte Carlo
+SymKL in a table of its own. Estimators with different biases (KDE SymKL)
+never share a ranking.
+
+Rank = 1 + the number of entries that are *clearly better*. Entry j is
+clearly better than entry i when, over the replicates they share (paired:
+same task instance, same reference draws), the 99 % interval of the median
+difference lies entirely on j's side; the interval resamples the replicates
+and adds each difference's Monte Carlo noise, so a single replicate is
+judged on its standard errors and many replicates on their consistency. No
+entry is clearly better than one that is within noise of the metric's lower
+bound (the value the exact law attains, 0 for a divergence): the oracle, at
+its floor, can tie but never lose. Infinite values rank behind every finite
+one. Entries whose runs all failed are listed with their status, unranked.
 """
 from __future__ import annotations
 
@@ -18,116 +32,277 @@ import pandas as pd
 
 from runners import aggregate, registry, store
 
+#: level of the paired intervals that separate two entries
+RANK_LEVEL = 0.99
+#: level of the interval shown beside each median
+SHOW_LEVEL = 0.9
+Z_FLOOR = 2.576  # within this many standard errors of the lower bound = at the floor
+
+
+def ranking_metrics(task: str, frame: pd.DataFrame, override: str | None = None) -> list[str]:
+    """The metrics ``task`` is ranked on that have values in ``frame`` (primary first)."""
+    available = aggregate.metric_columns(frame)
+    if override:
+        return [override] if override in available else []
+    task_cls = registry.tasks().get(task)
+    wanted = task_cls.rankings() if task_cls is not None else ("energy",)
+    return [m for m in wanted if m in available]
+
 
 def primary_metric(task: str, frame: pd.DataFrame, override: str | None = None) -> str | None:
-    """The metric a task is ranked by: ``override``, else the task's, if present."""
-    candidates = [override] if override else []
-    task_cls = registry.tasks().get(task)
-    candidates.append(getattr(task_cls, "primary_metric", "energy"))
-    available = aggregate.metric_columns(frame)
-    return next((m for m in candidates if m in available), None)
+    """The first metric ``task`` is ranked on, if present."""
+    metrics = ranking_metrics(task, frame, override)
+    return metrics[0] if metrics else None
 
 
-def rank_entries(scores: pd.DataFrame, lower_is_better: bool) -> pd.Series:
-    """Competition ranks with ties where bootstrap intervals overlap.
+# --- the ranking rule ---------------------------------------------------------------------
+def _signed(values: np.ndarray, lower_is_better: bool) -> np.ndarray:
+    """Values oriented so that smaller is better."""
+    return values if lower_is_better else -values
 
-    Parameters
-    ----------
-    scores : DataFrame
-        Columns ``median``, ``ci_low``, ``ci_high`` (finite).
-    lower_is_better : bool
-        Direction of the metric.
+
+def clearly_better(j: pd.DataFrame, i: pd.DataFrame, lower_is_better: bool,
+                   level: float = RANK_LEVEL, seed: int = 0) -> bool:
+    """Whether entry ``j`` beats entry ``i`` beyond noise on their shared replicates.
+
+    ``j`` and ``i`` hold ``value`` and ``se`` indexed by replicate key.
     """
-    low, high = scores["ci_low"].to_numpy(), scores["ci_high"].to_numpy()
-    if lower_is_better:
-        better = high[None, :] < low[:, None]   # [i, j]: j clearly better than i
-    else:
-        better = low[None, :] > high[:, None]
-    return pd.Series(1 + better.sum(axis=1), index=scores.index)
+    shared = j.index.intersection(i.index)
+    if shared.empty:
+        return False
+    a = _signed(j.loc[shared, "value"].to_numpy(float), lower_is_better)
+    b = _signed(i.loc[shared, "value"].to_numpy(float), lower_is_better)
+    with np.errstate(invalid="ignore"):
+        diff = a - b
+    diff = np.where(np.isnan(diff) & np.isinf(a) & np.isinf(b), 0.0, diff)  # ∞ − ∞: a tie
+    se = np.hypot(j.loc[shared, "se"].to_numpy(float), i.loc[shared, "se"].to_numpy(float))
+    keep = ~np.isnan(diff)
+    if not keep.any():
+        return False
+    medians = aggregate._bootstrap_medians(diff[keep], np.where(np.isnan(se[keep]), np.inf,
+                                                                se[keep]), 2000, seed)
+    # an order statistic, not an interpolation: medians may be infinite
+    return bool(np.quantile(medians, 1.0 - (1.0 - level) / 2.0, method="higher") < 0.0)
 
 
+def at_floor(entry: pd.DataFrame, lower_bound: float | None, lower_is_better: bool) -> bool:
+    """Whether an entry is within noise of the best value its metric can take."""
+    if lower_bound is None or not lower_is_better or entry.empty:
+        return False
+    values, se = entry["value"].to_numpy(float), entry["se"].to_numpy(float)
+    se = np.where(np.isnan(se), np.inf, se)
+    with np.errstate(invalid="ignore"):
+        low = np.where(np.isinf(values), values, values - Z_FLOOR * se)
+    return bool(np.nanmedian(low) <= lower_bound)
+
+
+def rank_entries(entries: dict[str, pd.DataFrame], lower_is_better: bool,
+                 lower_bound: float | None = None) -> dict[str, int]:
+    """Competition ranks: 1 + the number of entries clearly better than each one."""
+    floors = {label: at_floor(e, lower_bound, lower_is_better) for label, e in entries.items()}
+    ranks = {}
+    for label, entry in entries.items():
+        if floors[label]:
+            ranks[label] = 1
+            continue
+        ranks[label] = 1 + sum(clearly_better(other, entry, lower_is_better)
+                               for name, other in entries.items() if name != label)
+    return ranks
+
+
+# --- tables ---------------------------------------------------------------------------------
 def build_leaderboard(frame: pd.DataFrame, metric: str | None = None) -> pd.DataFrame:
-    """One row per (task, task_config, solver configuration), ranked.
+    """One row per (task, metric, group, solver configuration), ranked.
 
-    Configurations whose runs all failed are listed last with rank NaN and
-    their status, so a broken solver is visible rather than silently absent.
+    Columns: task, metric, group, t, rank, solver, median, ci_low, ci_high,
+    n_runs, n_inf, n_failed, failed (n_failed + n_inf), time_run_median,
+    status, note, lower_is_better.
     """
     if frame.empty:
         return pd.DataFrame()
-    frame = frame.assign(label=aggregate.solver_labels(frame))
+    frame = frame.assign(label=aggregate.solver_labels(frame), group=aggregate.group_labels(frame),
+                         replicate=aggregate.replicate_keys(frame))
     rows: list[dict[str, Any]] = []
     for task, task_part in frame.groupby("task", sort=True):
         task_part = aggregate.final_time_rows(task_part)
-        chosen = primary_metric(task, task_part, metric)
-        for config, part in task_part.groupby("task_config", sort=False):
-            rows.extend(_rank_block(task, config, part, chosen))
+        metrics = ranking_metrics(task, task_part, metric)
+        for rank_metric in metrics or [None]:
+            for group, part in task_part.groupby("group", sort=False):
+                rows.extend(_table(task, group, part, rank_metric,
+                                   primary=rank_metric == (metrics[0] if metrics else None)))
     board = pd.DataFrame(rows)
-    keys = board["task_config"].map(aggregate.natural_key)
-    # within a rank, best median first: the sign makes "higher is better" sort descending
+    if board.empty:
+        return board
+    order = {m: i for task in board["task"].unique()
+             for i, m in enumerate(ranking_metrics(task, frame, metric))}
     better_first = board["median"] * np.where(board["lower_is_better"], 1.0, -1.0)
-    board = board.assign(_k=keys.map(tuple), _order=better_first).sort_values(
-        ["task", "_k", "rank", "_order"], na_position="last", kind="stable") \
-        .drop(columns=["_k", "_order", "lower_is_better"])
-    return board.reset_index(drop=True)
+    board = board.assign(_m=board["metric"].map(order).fillna(99),
+                         _g=board["group"].map(lambda g: tuple(aggregate.natural_key(g))),
+                         _o=better_first).sort_values(
+        ["task", "_m", "_g", "rank", "_o"], na_position="last", kind="stable")
+    return board.drop(columns=["_m", "_g", "_o"]).reset_index(drop=True)
 
 
-def _rank_block(task: str, config: str, part: pd.DataFrame, metric: str | None) -> list[dict]:
+def _applies(part: pd.DataFrame, metric: str) -> bool:
+    """Whether ``metric`` judges this entry (a value, or a note other than 'not applicable')."""
+    values = pd.to_numeric(part[metric], errors="coerce") if metric in part else None
+    if values is not None and values.notna().any():
+        return True
+    notes = part.get("metric_notes")
+    if notes is None:
+        return False
+    return any(str(store.note_for(n, metric)).startswith("not computed")
+               for n in notes.dropna())
+
+
+def _table(task: str, group: str, part: pd.DataFrame, metric: str | None,
+           primary: bool) -> list[dict]:
     lower = aggregate.lower_is_better(metric) if metric else True
-    entries = []
+    bound = aggregate.metric_lower_bound(metric) if metric else None
+    entries, records = {}, []
     for label, runs in part.groupby("label", sort=True):
         ok = runs[runs["status"] == "ok"]
-        values = pd.to_numeric(ok[metric], errors="coerce").dropna().to_numpy() \
-            if metric and metric in ok else np.array([])
-        low, high = aggregate.bootstrap_median_ci(values)
-        statuses = runs["status"].value_counts().to_dict()
-        entries.append({
-            "task": task, "task_config": config, "t": float(runs["t"].iloc[0]), "solver": label,
-            "metric": metric or "", "lower_is_better": lower,
-            "median": float(np.median(values)) if values.size else np.nan,
-            "ci_low": low, "ci_high": high, "n_seeds": int(values.size),
-            "n_failed": int(runs["status"].isin(aggregate.FAILED_STATUSES).sum()),
+        failed = int(runs["status"].isin(aggregate.FAILED_STATUSES).sum())
+        judged = metric is not None and metric in runs and _applies(runs, metric)
+        if not judged and not (primary and (failed or ok.empty)):
+            continue  # the metric does not apply to this solver: not in this table
+        values = pd.to_numeric(ok[metric], errors="coerce") if judged else pd.Series(dtype=float)
+        se = pd.to_numeric(ok.get(f"{metric}_se"), errors="coerce") \
+            if judged and f"{metric}_se" in ok else pd.Series(np.nan, index=ok.index)
+        entry = pd.DataFrame({"value": values, "se": se.reindex(values.index)}) \
+            .set_index(ok.loc[values.index, "replicate"] if len(values) else pd.Index([]))
+        valid = entry[entry["value"].notna()]
+        n_inf = int(np.isinf(valid["value"]).sum())
+        n_nan = int(len(entry) - len(valid))
+        low, high = aggregate.bootstrap_median_interval(
+            valid["value"].to_numpy(float), valid["se"].to_numpy(float), SHOW_LEVEL,
+            lower_bound=bound if lower else None) if len(valid) else (np.nan, np.nan)
+        note = _note(len(valid), n_inf, n_nan, runs, metric)
+        record = {
+            "task": task, "metric": metric or "", "group": group,
+            "task_config": ";".join(sorted(runs["task_config"].astype(str).unique())),
+            "t": float(runs["t"].iloc[0]), "solver": label, "lower_is_better": lower,
+            "median": float(np.median(valid["value"])) if len(valid) else np.nan,
+            "ci_low": low, "ci_high": high, "n_runs": int(len(valid)), "n_inf": n_inf,
+            "n_nan": n_nan, "n_failed": failed, "failed": failed + n_inf,
             "time_run_median": float(pd.to_numeric(ok["time_run"], errors="coerce").median())
             if len(ok) else np.nan,
-            "status": "ok" if values.size else ",".join(sorted(statuses)),
-        })
-    block = pd.DataFrame(entries)
-    ranked = block[np.isfinite(block["median"])]
-    block["rank"] = np.nan
-    if not ranked.empty:
-        block.loc[ranked.index, "rank"] = rank_entries(ranked, lower)
-    return block.to_dict("records")
+            "status": "ok" if len(valid) else ",".join(sorted(runs["status"].unique())),
+            "note": note}
+        records.append(record)
+        if len(valid):
+            entries[label] = valid
+    ranks = rank_entries(entries, lower, bound) if entries else {}
+    for record in records:
+        record["rank"] = ranks.get(record["solver"], np.nan)
+    return records
+
+
+def _note(n_valid: int, n_inf: int, n_nan: int, runs: pd.DataFrame, metric: str | None) -> str:
+    notes = []
+    if n_valid == 1:
+        notes.append("1 run: interval = Monte Carlo error only")
+    if n_inf:
+        notes.append(f"∞ in {n_inf} run{'s' if n_inf > 1 else ''}")
+    if n_nan and metric:
+        reasons = {str(store.note_for(n, metric)) for n in runs["metric_notes"].dropna()} \
+            if "metric_notes" in runs else set()
+        reasons.discard("")
+        notes.append(f"{n_nan} not computed" + (f" ({sorted(reasons)[0]})" if reasons else ""))
+    failed = runs[runs["status"].isin(aggregate.FAILED_STATUSES)]
+    if len(failed):
+        first = str(failed["error"].dropna().iloc[0]) if failed["error"].notna().any() else ""
+        notes.append(f"{len(failed)} failed" + (f": {first[:80]}" if first else ""))
+    return "; ".join(notes)
+
+
+def summary(board: pd.DataFrame) -> pd.DataFrame:
+    """Per (task, metric, solver): tables entered, wins (rank 1) and mean rank."""
+    ranked = board.dropna(subset=["rank"])
+    if ranked.empty:
+        return pd.DataFrame(columns=["task", "metric", "solver", "tables", "wins", "mean_rank"])
+    out = ranked.groupby(["task", "metric", "solver"], sort=True).agg(
+        tables=("rank", "size"), wins=("rank", lambda r: int((r == 1).sum())),
+        mean_rank=("rank", "mean")).reset_index()
+    return out.sort_values(["task", "metric", "mean_rank", "solver"]).reset_index(drop=True)
+
+
+# --- output ----------------------------------------------------------------------------------
+def cell(row: pd.Series) -> str:
+    """``0.0123 [0.011, 0.014]`` with ∞ and 'failed' spelled out."""
+    if row["status"] != "ok":
+        return f"failed ({row['status']})"
+    text = aggregate.format_number(row["median"])
+    if np.isfinite(row["median"]) and np.isfinite(row["ci_low"]) \
+            and (row["ci_low"], row["ci_high"]) != (row["median"], row["median"]):
+        text += f" [{aggregate.format_number(row['ci_low'])}, " \
+                f"{aggregate.format_number(row['ci_high'])}]"
+    return text
+
+
+def matrix(part: pd.DataFrame) -> pd.DataFrame:
+    """Solvers × groups: ``#rank median`` per cell, then wins and mean rank."""
+    groups = sorted(part["group"].unique(), key=aggregate.natural_key)
+    table = {}
+    for label, rows in part.groupby("solver", sort=False):
+        by_group = rows.set_index("group")
+        cells = {g: (f"#{int(by_group.loc[g, 'rank'])} {aggregate.format_number(by_group.loc[g, 'median'])}"
+                     if g in by_group.index and pd.notna(by_group.loc[g, "rank"])
+                     else ("failed" if g in by_group.index else ""))
+                 for g in groups}
+        ranks = rows["rank"].dropna()
+        cells["wins"] = f"{int((ranks == 1).sum())}/{len(rows)}"
+        cells["mean rank"] = aggregate.format_number(ranks.mean()) if len(ranks) else "—"
+        table[label] = cells
+    out = pd.DataFrame.from_dict(table, orient="index")
+    out = out.assign(_k=pd.to_numeric(out["mean rank"].replace("—", np.nan), errors="coerce"))
+    out = out.sort_values(["_k"], na_position="last").drop(columns="_k")
+    return out.rename_axis("solver").reset_index()
+
+
+RULE = ("Rank = 1 + the number of entries that are clearly better: over the replicates "
+        "(seeds, data splits) two entries share, the 99 % interval of the median paired "
+        "difference, with each run's Monte Carlo error, lies entirely on one side. Entries "
+        "within noise of the metric's lower bound (0 for a divergence, where the exact law "
+        "sits) cannot be beaten; ∞ ranks last and counts as a failure. Cells give the median "
+        "over replicates [90 % interval, from the replicates' spread and their Monte Carlo "
+        "errors]; '1 run' entries carry their Monte Carlo error only. Ranking time: the latest "
+        "evaluation time every solver of the task shares; ok runs only.")
 
 
 def to_markdown(board: pd.DataFrame) -> str:
-    """Leaderboard as Markdown, one section per task."""
-    lines = ["# gfbench leaderboard\n",
-             "Rank = 1 + number of entries whose seed-bootstrap 90% interval of the median is "
-             "entirely better; overlapping intervals share a rank. Final evaluation time, ok runs "
-             "only; entries that never finished are listed last.\n"]
+    """Leaderboard as Markdown: per task and metric, a summary matrix, then one table per group."""
     from runners.report import markdown_table
 
-    for task, part in board.groupby("task", sort=True):
-        metric = next((m for m in part["metric"] if m), "")
+    lines = ["# gfbench leaderboard\n", RULE + "\n"]
+    for (task, metric), part in board.groupby(["task", "metric"], sort=False):
         direction = "lower" if aggregate.lower_is_better(metric) else "higher"
-        lines.append(f"## {task} — {metric} ({direction} is better)\n")
-        shown = pd.DataFrame({
-            "task": part["task_config"],
-            "rank": part["rank"].map(lambda r: "—" if pd.isna(r) else str(int(r))),
-            "solver": part["solver"],
-            "median": part["median"].map(aggregate.format_number),
-            "90% CI": [f"[{aggregate.format_number(a)}, {aggregate.format_number(b)}]"
-                       for a, b in zip(part["ci_low"], part["ci_high"])],
-            "seeds": part["n_seeds"], "failed": part["n_failed"],
-            "time [s]": part["time_run_median"].map(aggregate.format_number),
-            "status": part["status"],
-        })
-        lines.append(markdown_table(shown))
+        title = aggregate.metric_title(metric) if metric else "no metric"
+        t = aggregate.format_number(part["t"].iloc[0])
+        lines.append(f"## {task} — {title} ({direction} is better), t = {t}\n")
+        lines.append(markdown_table(matrix(part)))
+        for group, rows in part.groupby("group", sort=False):
+            lines.append(f"### {task}, {group}\n")
+            lines.append(markdown_table(detail_table(rows)))
     return "\n".join(lines)
 
 
-def write_leaderboard(dirs: list[Path], out: Path, metric: str | None = None) -> dict[str, Path]:
+def detail_table(rows: pd.DataFrame) -> pd.DataFrame:
+    """One group's entries: rank, solver, score, runs, failures, time, notes."""
+    return pd.DataFrame({
+        "rank": rows["rank"].map(lambda r: "—" if pd.isna(r) else str(int(r))),
+        "solver": rows["solver"],
+        "median [90% interval]": [cell(r) for _, r in rows.iterrows()],
+        "runs": rows["n_runs"], "failed": rows["failed"],
+        "time [s]": rows["time_run_median"].map(aggregate.format_number),
+        "note": rows["note"].fillna(""),
+    })
+
+
+def write_leaderboard(dirs: list[Path], out: Path, metric: str | None = None,
+                      frame: pd.DataFrame | None = None) -> dict[str, Path]:
     """Write ``leaderboard.md`` and ``leaderboard.csv`` into ``out``."""
-    board = build_leaderboard(store.load(dirs), metric)
+    board = build_leaderboard(store.load(dirs) if frame is None else frame, metric)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     md_path, csv_path = out / "leaderboard.md", out / "leaderboard.csv"

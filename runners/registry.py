@@ -7,13 +7,18 @@ name is accepted (it must be importable in the worker processes too).
 """
 from __future__ import annotations
 
+import ast
 import hashlib
 import importlib
+import importlib.util
 import inspect
-from pathlib import Path
+import io
 import pkgutil
+import tokenize
 from functools import lru_cache
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from metrics.base import Metric
 from solvers.base import Solver
@@ -104,12 +109,95 @@ def get_metric(name: str) -> Metric:
         raise KeyError(f"unknown metric {name!r}; known: {', '.join(metrics())}") from None
 
 
-@lru_cache(maxsize=None)
-def code_hash(cls: type) -> str:
-    """Short sha256 of the source file that defines ``cls``.
+#: packages whose modules are part of a plugin's code (a runner change does not change numbers)
+PROJECT_PACKAGES = ("tasks", "solvers", "metrics", "numerics")
 
-    Part of the run id, so editing a solver invalidates its cached runs.
+
+def code_hash(obj: Any) -> str:
+    """Short sha256 of the code behind a task or solver class or a :class:`Metric`.
+
+    It covers the module that defines ``obj`` and every module of
+    :data:`PROJECT_PACKAGES` it imports, directly or not (a task's shared
+    numerical core, a metric's task helpers), so an edit anywhere in that
+    code makes the runs it produced stale. Comments, docstrings, blank lines
+    and trailing spaces are not part of it: they produce no number, and
+    recording a tuning study in a docstring must not cost a rerun.
     """
-    path = inspect.getsourcefile(cls)
-    data = Path(path).read_bytes() if path else cls.__qualname__.encode()
-    return hashlib.sha256(data).hexdigest()[:12]
+    module = obj.fn.__module__ if isinstance(obj, Metric) else obj.__module__
+    return _closure_hash(module)
+
+
+@lru_cache(maxsize=None)
+def _closure_hash(module: str) -> str:
+    digest = hashlib.sha256()
+    for name in sorted(module_closure(module)):
+        digest.update(name.encode() + b"\0" + normalised_source(_module_path(name)).encode())
+    return digest.hexdigest()[:12]
+
+
+def module_closure(module: str) -> set[str]:
+    """``module`` and the project modules it imports, transitively (by reading, not importing)."""
+    seen: set[str] = set()
+    todo = [module]
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        path = _module_path(name)
+        if path is None:
+            continue
+        seen.add(name)
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                todo.extend(alias.name for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                todo.append(node.module)
+                todo.extend(f"{node.module}.{alias.name}" for alias in node.names)
+        todo = [n for n in todo if n.split(".")[0] in PROJECT_PACKAGES or n == module]
+    return seen
+
+
+def _module_path(name: str) -> Path | None:
+    """Source file of a module without importing it (None if there is none)."""
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    return Path(spec.origin)
+
+
+@lru_cache(maxsize=None)
+def normalised_source(path: Path | None) -> str:
+    """The code of a source file without comments, docstrings and blank lines.
+
+    Comments are located by :mod:`tokenize` and docstrings by :mod:`ast`
+    (both give the same positions on every Python version), then blanked in
+    the text; what remains is compared line by line, stripped on the right.
+    """
+    if path is None:
+        return ""
+    text = path.read_text(encoding="utf-8")
+    lines = text.splitlines()
+    spans = []  # (start line, start col, end line, end col), 1-based lines
+    for token in tokenize.generate_tokens(io.StringIO(text).readline):
+        if token.type == tokenize.COMMENT:
+            spans.append((*token.start, *token.end))
+    for node in ast.walk(ast.parse(text)):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
+            body = node.body
+            if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \
+                    and isinstance(body[0].value.value, str):
+                doc = body[0]
+                spans.append((doc.lineno, doc.col_offset, doc.end_lineno, doc.end_col_offset))
+    for l0, c0, l1, c1 in sorted(spans, reverse=True):
+        if l0 == l1:
+            lines[l0 - 1] = lines[l0 - 1][:c0] + lines[l0 - 1][c1:]
+        else:
+            lines[l0 - 1] = lines[l0 - 1][:c0]
+            for i in range(l0, l1 - 1):
+                lines[i] = ""
+            lines[l1 - 1] = lines[l1 - 1][c1:]
+    return "\n".join(line.rstrip() for line in lines if line.strip())

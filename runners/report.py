@@ -158,16 +158,6 @@ def _task_table(frame: pd.DataFrame, metrics: list[str], published: pd.DataFrame
     return table
 
 
-def _symkl_column(frame: pd.DataFrame) -> pd.Series:
-    """SymKL by the best estimator the row has: MC, else grid, else KDE."""
-    value = pd.Series(np.nan, index=frame.index)
-    for name in ("symkl_kde", "symkl_grid", "symkl"):  # later ones take precedence
-        if name in frame.columns:
-            column = pd.to_numeric(frame[name], errors="coerce")
-            value = value.where(column.isna(), column)
-    return value
-
-
 def _figure_vs(doc: _Document, frame: pd.DataFrame, task: str, x: str, facet: str,
                y: str, ylabel: str, log: bool, name: str, caption: str) -> None:
     plt, sns = _plt()
@@ -238,7 +228,8 @@ def _density_figures(doc: _Document, frame: pd.DataFrame, task: str) -> None:
     ax.set_ylabel(f"density at t = {aggregate.format_number(t_final)}")
     ax.legend(bbox_to_anchor=(1.02, 1.0), loc="upper left", fontsize="small")
     doc.figure(fig, f"{task}_densities", f"{task}: densities of seed {seed} over the reference.")
-    values = ok[ok["t"] == t_final].assign(symkl=_symkl_column(ok[ok["t"] == t_final]))
+    metric = "symkl_grid" if "symkl_grid" in ok else "symkl"
+    values = ok[ok["t"] == t_final].assign(symkl=pd.to_numeric(ok[metric], errors="coerce"))
     values = values.dropna(subset=["symkl"])
     values = values[values["symkl"] > 0]
     if values["label"].nunique() >= 1 and len(values) > 1:
@@ -247,7 +238,7 @@ def _density_figures(doc: _Document, frame: pd.DataFrame, task: str) -> None:
         sns.stripplot(data=values, x="label", y="symkl", ax=ax, size=3, color="k")
         ax.set_xlabel("")
         ax.tick_params(axis="x", rotation=30)
-        ax.set_ylabel("SymKL (grid)")
+        ax.set_ylabel(aggregate.metric_title(metric))
         doc.figure(fig, f"{task}_symkl_box", f"{task}: SymKL to the reference over seeds.")
 
 
@@ -343,13 +334,26 @@ def _blr_section(doc: _Document, frame: pd.DataFrame, metrics: list[str]) -> Non
 
 
 def _failures(doc: _Document, frame: pd.DataFrame) -> None:
-    failed = frame[frame["status"].isin(aggregate.FAILED_STATUSES)]
+    """Failed runs, and ok runs whose ranking metric is infinite (a catastrophe, not n/a)."""
+    failed = frame[frame["status"].isin(aggregate.FAILED_STATUSES)].drop_duplicates("run_id")
+    task_cls = registry.tasks().get(frame["task"].iloc[0])
+    infinite = []
+    for metric in (task_cls.rankings() if task_cls is not None else ()):
+        if metric in frame:
+            rows = frame[(frame["status"] == "ok")
+                         & np.isinf(pd.to_numeric(frame[metric], errors="coerce"))]
+            for _, row in rows.iterrows():
+                note = store.note_for(row.get("metric_notes"), metric)
+                infinite.append({**row.to_dict(), "status": f"ok, {metric} = ∞",
+                                 "error": note or f"{metric} is infinite"})
+    if infinite:
+        failed = pd.concat([failed, pd.DataFrame(infinite)], ignore_index=True)
     if failed.empty:
         return
-    failed = failed.drop_duplicates("run_id")
-    table = failed[["label", "task_config", "seed", "status", "error"]].copy()
-    table["error"] = table["error"].fillna("").str.split("\n").str[0].str.slice(0, 160)
-    doc.heading("Failed runs", 3)
+    table = failed[["label", "task_config", "seed", "t", "status", "error"]].copy()
+    table["error"] = table["error"].fillna("").astype(str).str.split("\n").str[0] \
+        .str.slice(0, 160)
+    doc.heading("Failed runs and infinite scores", 3)
     doc.table(table.rename(columns={"label": "solver", "task_config": "task"}))
 
 
@@ -369,32 +373,36 @@ def _task_section(doc: _Document, task: str, frame: pd.DataFrame,
     times = _times_to_show(frame, published)
     shown = frame[frame["t"].isin(times)]
     doc.table(_task_table(shown, metrics, published))
-    ok = shown[shown["status"] == "ok"].assign(symkl_any=_symkl_column(shown))
+    ok = shown[shown["status"] == "ok"]
+    # one estimator per axis: Monte Carlo, grid and KDE SymKL differ in bias by orders of magnitude
+    estimators = [m for m in SYMKL_METRICS if m in metrics]
     if "task.dim" in ok.columns and ok["task.dim"].nunique() > 1:
         ok = ok.assign(**{"task.dim": pd.to_numeric(ok["task.dim"])})
-        _figure_vs(doc, ok, task, "task.dim", "t", "symkl_any", "SymKL", True, f"{task}_symkl_dim",
-                   f"{task}: median log10 SymKL (Monte Carlo; KDE for particle solvers) against "
-                   "dimension, band = IQR over seeds (a SymKL of exactly 0, the oracle's, is not drawn).")
+        for metric in estimators:
+            _figure_vs(doc, ok, task, "task.dim", "t", metric, aggregate.metric_title(metric),
+                       True, f"{task}_{metric}_dim",
+                       f"{task}: median log10 {aggregate.metric_title(metric)} against dimension, "
+                       "band = IQR over seeds (values <= 0, e.g. the oracle's exact 0, are not "
+                       "drawn).")
         if "energy" in metrics:
-            _figure_vs(doc, ok.assign(energy=pd.to_numeric(ok["energy"])), task, "task.dim", "t",
-                       "energy", "energy distance", False, f"{task}_energy_dim",
+            _figure_vs(doc, ok, task, "task.dim", "t", "energy", "energy distance", False,
+                       f"{task}_energy_dim",
                        f"{task}: energy distance against dimension (density-free).")
-    all_ok = frame[frame["status"] == "ok"].assign(symkl_any=_symkl_column(frame))
+    all_ok = frame[frame["status"] == "ok"]
     if all_ok["t"].nunique() > 1:
         facet = "task.dim" if "task.dim" in all_ok.columns else "task_config"
         dims = sorted(all_ok[facet].unique())
         if len(dims) > MAX_TIMES:
             dims = [dims[i] for i in np.linspace(0, len(dims) - 1, MAX_TIMES).round().astype(int)]
-        _figure_vs(doc, all_ok[all_ok[facet].isin(dims)], task, "t", facet, "symkl_any", "SymKL",
-                   True, f"{task}_symkl_t", f"{task}: median log10 SymKL against t per dimension.")
-    # SymKL separates solvers where the energy distance sits at its noise floor
-    primary = getattr(task_cls, "primary_metric", "energy")
-    has_symkl = any(m in metrics for m in SYMKL_METRICS)
-    cost_metric = "symkl_any" if has_symkl else (primary if primary in metrics else None)
-    if cost_metric == "symkl_any":
-        frame = frame.assign(symkl_any=_symkl_column(frame))
-    if cost_metric:
-        _cost_figure(doc, frame, cost_metric, f"{task}_cost")
+        for metric in estimators:
+            _figure_vs(doc, all_ok[all_ok[facet].isin(dims)], task, "t", facet, metric,
+                       aggregate.metric_title(metric), True, f"{task}_{metric}_t",
+                       f"{task}: median log10 {aggregate.metric_title(metric)} against t per "
+                       "dimension.")
+    task_cls = registry.tasks().get(task)
+    rankings = task_cls.rankings() if task_cls is not None else ()
+    for metric in [m for m in rankings if m in metrics]:
+        _cost_figure(doc, frame, metric, f"{task}_{metric}_cost")
     _density_figures(doc, frame, task)
     if task == "bayesian_logreg":
         _blr_section(doc, frame, metrics)
@@ -426,8 +434,12 @@ figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}</
 </head><body>"""
 
 
-def write_report(dirs: list[Path], out: Path) -> dict[str, Any]:
+def write_report(dirs: list[Path], out: Path, frame: pd.DataFrame | None = None,
+                 corrupt: list[Path] | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``report.html`` and ``figures/`` under ``out``.
+
+    ``frame`` and ``corrupt`` (the unreadable run files, named in the report)
+    are read from ``dirs`` when not given.
 
     Returns
     -------
@@ -436,8 +448,12 @@ def write_report(dirs: list[Path], out: Path) -> dict[str, Any]:
     """
     out = Path(out)
     (out / "figures").mkdir(parents=True, exist_ok=True)
-    frame = store.load(dirs)
+    if frame is None:
+        frame, corrupt = store.load_checked(dirs)
     doc = _Document(out / "figures")
+    if corrupt:
+        doc.text(f"Warning: {len(corrupt)} unreadable run files (corrupt, partial or foreign) "
+                 "are left out of everything below: " + ", ".join(p.name for p in corrupt) + ".")
     if frame.empty:
         doc.heading("gfbench report", 1)
         doc.text("No finished runs in " + ", ".join(map(str, dirs)) + ".")

@@ -30,6 +30,16 @@ FAILED = ("error", "timeout")
 STATUSES = FINAL + FAILED
 
 
+#: non-metric columns that hold numbers
+NUMERIC_COLUMNS = ("t", "peak_mem_mb", "reference_error", "law_size")
+
+
+def _metric_names() -> list[str]:
+    from runners import registry
+
+    return list(registry.metrics())
+
+
 class StoreError(OSError):
     """The results directory cannot be written."""
 
@@ -47,9 +57,9 @@ def _json_default(obj: Any) -> Any:
 
 
 def _clean(value: Any) -> Any:
-    """NaN/inf become None so the file is strict JSON."""
+    """Strict JSON: NaN becomes None, ±inf the strings "inf" / "-inf" (kept, not lost)."""
     if isinstance(value, float) and not math.isfinite(value):
-        return None
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
     if isinstance(value, dict):
         return {k: _clean(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
@@ -111,15 +121,34 @@ def write_run(out: Path, spec: dict, rows: list[dict]) -> Path:
 
 
 def read_run(path: Path) -> dict | None:
-    """A run file's payload, or None when it is corrupt, partial or foreign."""
+    """A run file's payload, or None when it is corrupt, partial or foreign.
+
+    Beyond its checksum, a payload must have the shape the readers rely on:
+    a spec with the run's id and times, and one row (a mapping with a known
+    status and a numeric time) per evaluation time.
+    """
     try:
         payload = json.loads(Path(path).read_text())
         ok = (isinstance(payload, dict) and payload.get("format") == FORMAT
               and payload.get("checksum") == _checksum(payload["spec"], payload["rows"])
-              and payload["run_id"] == Path(path).stem)
-    except (OSError, ValueError, KeyError, TypeError):
+              and payload["run_id"] == Path(path).stem and _well_formed(payload))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
     return payload if ok else None
+
+
+def _well_formed(payload: dict) -> bool:
+    spec, rows = payload["spec"], payload["rows"]
+    if not (isinstance(spec, dict) and isinstance(rows, list) and rows
+            and spec.get("run_id") == payload["run_id"] and isinstance(spec.get("times"), list)):
+        return False
+    for row in rows:
+        if not (isinstance(row, dict) and row.get("run_id") == payload["run_id"]
+                and row.get("status") in STATUSES and isinstance(row.get("t"), (int, float))
+                and not isinstance(row.get("t"), bool) and isinstance(row.get("task"), str)
+                and isinstance(row.get("solver"), str)):
+            return False
+    return True
 
 
 def scan(out: Path) -> tuple[dict[str, dict], list[Path]]:
@@ -147,18 +176,32 @@ def run_status(payload: dict) -> str:
 
 
 def load(out: Path | Iterable[Path]) -> pd.DataFrame:
-    """All rows of one or several results directories as one DataFrame."""
+    """All rows of one or several results directories as one DataFrame (valid files only)."""
+    return load_checked(out)[0]
+
+
+def load_checked(out: Path | Iterable[Path]) -> tuple[pd.DataFrame, list[Path]]:
+    """All valid rows, and the run files that could not be read (corrupt, partial, foreign).
+
+    Readers name the second list: a results directory is never summarised as
+    if a broken file were not there.
+    """
     outs = [Path(out)] if isinstance(out, (str, Path)) else [Path(o) for o in out]
-    rows = []
+    rows, corrupt = [], []
     for directory in outs:
-        valid, _ = scan(directory)
+        valid, bad = scan(directory)
+        corrupt.extend(bad)
         for payload in valid.values():
             rows.extend(payload["rows"])
     frame = pd.DataFrame(rows)
+    numeric = [c for c in frame.columns if c in NUMERIC_COLUMNS or c.endswith(("_se", "_floor"))
+               or c.startswith("time_")] + [c for c in _metric_names() if c in frame.columns]
+    for column in numeric:
+        frame[column] = pd.to_numeric(frame[column], errors="coerce")  # "inf" -> inf
     if not frame.empty:
         frame = frame.sort_values(["task", "solver", "solver_config", "task_config", "seed", "t"],
                                   kind="stable").reset_index(drop=True)
-    return frame
+    return frame, corrupt
 
 
 def export(out: Path) -> pd.DataFrame:
@@ -168,3 +211,14 @@ def export(out: Path) -> pd.DataFrame:
     atomic_write_text(out / "results.csv", frame.to_csv(index=False))
     atomic_write_bytes(out / "results.parquet", lambda p: frame.to_parquet(p, index=False))
     return frame
+
+
+def note_for(notes: Any, metric: str) -> str:
+    """The note a row's ``metric_notes`` (JSON) holds for ``metric`` ('' if none)."""
+    if isinstance(notes, dict):
+        return str(notes.get(metric, ""))
+    try:
+        parsed = json.loads(notes) if isinstance(notes, str) else {}
+    except ValueError:
+        return ""
+    return str(parsed.get(metric, "")) if isinstance(parsed, dict) else ""

@@ -17,6 +17,8 @@ from typing import Any, Callable, ClassVar, Mapping, Sequence
 
 import numpy as np
 
+from numerics.timesteps import steps_to_times  # noqa: F401  (part of the solver API)
+
 #: a solver can return samples
 SAMPLES = "samples"
 #: a solver can return a normalised log-density callable
@@ -29,31 +31,90 @@ GPU_ONLY = "gpu_only"
 FILTERING = "filtering"
 
 
+#: the law of a result: fresh i.i.d. draws with a normalised density (``draw`` + ``log_density``)
+IID_DENSITY = "iid_density"
+#: the law of a result: fresh i.i.d. draws, no density (``draw`` returning ``(x, None)``)
+IID = "iid"
+#: the law of a result: a fixed, possibly weighted, particle set (the empirical measure itself)
+PARTICLES = "particles"
+LAWS = (IID_DENSITY, IID, PARTICLES)
+
+
 @dataclass
 class SolverResult:
-    """What a solver hands back at one evaluation time.
+    """What a solver hands back at one evaluation time: one law, stated explicitly.
+
+    Every metric judges the law named by ``law``, so a solver's score is a
+    property of what it claims to output:
+
+    ``"iid_density"``
+        ``draw(n, rng)`` gives fresh i.i.d. samples with their log-density and
+        ``log_density(x)`` evaluates the same normalised density anywhere
+        (pushed samples, a KDE, a grid interpolant, a Gaussian).
+    ``"iid"``
+        ``draw(n, rng)`` gives fresh i.i.d. samples, ``(x, None)``; no density.
+    ``"particles"``
+        the law *is* the empirical measure Σ w_i δ(x_i) of ``samples`` (weights
+        ``weights``, uniform when None): N particles are judged as N particles,
+        not as N draws of some better law (EM, SVGD).
 
     Parameters
     ----------
     samples : ndarray (n, dim) float64 or None
-        Samples of the solver's law at that time (particles, pushed samples,
-        resampled draws). Metrics that need more samples than given use all.
+        The particles (``"particles"``), or a few samples of the law for
+        figures and diagnostics (i.i.d. laws; metrics draw their own).
     log_density : callable or None
         ``log_density(x (m, dim)) -> (m,)``, the solver's own *normalised*
-        log-density. It must not use the reference law.
+        log-density (``"iid_density"`` only). It must not use the reference law.
     draw : callable or None
-        ``draw(n, rng) -> ((n, dim) samples, (n,) log-densities)``: fresh
-        samples of the solver's law with their log-density, for solvers whose
-        samples come with a cheap density (change of variables). Lets Monte
-        Carlo metrics use exactly the sample size they need.
+        ``draw(n, rng) -> ((n, dim) samples, (n,) log-densities or None)``.
+    weights : ndarray (n,) or None
+        Non-negative particle weights (``"particles"`` only), normalised here.
+    law : str or None
+        One of :data:`LAWS`; inferred when None (``draw`` and ``log_density``:
+        ``"iid_density"``; ``draw``: ``"iid"``; else ``"particles"``).
     info : dict
         Solver diagnostics (iterations, acceptance rate, ...), kept in the row.
     """
 
     samples: np.ndarray | None = None
     log_density: Callable[[np.ndarray], np.ndarray] | None = None
-    draw: Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray]] | None = None
+    draw: Callable[[int, np.random.Generator], tuple[np.ndarray, np.ndarray | None]] | None = None
     info: dict[str, Any] = field(default_factory=dict)
+    weights: np.ndarray | None = None
+    law: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.law is None:
+            self.law = (IID_DENSITY if self.draw is not None and self.log_density is not None
+                        else IID if self.draw is not None else PARTICLES)
+        if self.law not in LAWS:
+            raise ValueError(f"SolverResult: law must be one of {LAWS}, got {self.law!r}")
+        if self.law == IID_DENSITY and (self.draw is None or self.log_density is None):
+            raise ValueError("SolverResult: law 'iid_density' needs draw and log_density")
+        if self.law == IID and self.draw is None:
+            raise ValueError("SolverResult: law 'iid' needs draw")
+        if self.law == PARTICLES:
+            if self.samples is None:
+                raise ValueError("SolverResult: law 'particles' needs samples")
+            if self.log_density is not None:
+                raise ValueError("SolverResult: a particle set has no density; a solver with "
+                                 "one returns law 'iid_density' (draw + log_density)")
+        if self.weights is not None:
+            if self.law != PARTICLES:
+                raise ValueError("SolverResult: weights belong to a particle set")
+            w = np.asarray(self.weights, dtype=np.float64).reshape(-1)
+            n = None if self.samples is None else np.shape(self.samples)[0]
+            if n is not None and w.shape[0] != n:
+                raise ValueError(f"SolverResult: {w.shape[0]} weights for {n} particles")
+            if w.size and np.isfinite(w).all() and (w >= 0).all() and w.sum() > 0:
+                w = w / w.sum()
+            self.weights = w
+
+    @property
+    def has_density(self) -> bool:
+        """Whether the law comes with a normalised density."""
+        return self.law == IID_DENSITY
 
 
 @dataclass
@@ -90,6 +151,9 @@ class Solver(abc.ABC):
         Default parameter grid; the runner expands its Cartesian product.
     capabilities : frozenset of str
         Subset of {SAMPLES, LOG_DENSITY, GPU, GPU_ONLY, FILTERING}.
+    labels : dict[str, str]
+        Short names of parameters for tables (``{"n_particles": "N"}`` makes
+        ``em(N=1000)``).
     """
 
     name: ClassVar[str]
@@ -97,6 +161,7 @@ class Solver(abc.ABC):
     parameters: ClassVar[dict[str, list]] = {}
     capabilities: ClassVar[frozenset[str]] = frozenset({SAMPLES})
     description: ClassVar[str] = ""
+    labels: ClassVar[dict[str, str]] = {}
 
     def __init__(self, **params: Any) -> None:
         defaults = {k: v[0] for k, v in self.parameters.items()}
@@ -139,12 +204,3 @@ def require_positive(solver: str, params: Mapping[str, Any], *keys: str) -> None
                 or not np.isfinite(value) or value <= 0:
             raise ValueError(f"solver {solver!r}: parameter {key} must be a positive number, "
                              f"got {value!r}")
-
-
-def steps_to_times(times: Sequence[float], dt: float) -> list[int]:
-    """Number of steps of size ``dt`` to reach each time (rounded, checked)."""
-    steps = [int(round(t / dt)) for t in times]
-    for t, k in zip(times, steps):
-        if abs(k * dt - t) > 1e-9 * max(1.0, t):
-            raise ValueError(f"time {t} is not a multiple of the step {dt}")
-    return steps

@@ -24,8 +24,8 @@ import numpy as np
 from scipy.special import logsumexp
 from scipy.stats import gaussian_kde
 
-from metrics.kde import kde_logpdf
-from solvers.base import (FILTERING, LOG_DENSITY, SAMPLES, Solver, SolverResult,
+from numerics.kde import kde_logpdf
+from solvers.base import (FILTERING, IID_DENSITY, LOG_DENSITY, SAMPLES, Solver, SolverResult,
                           require_positive, steps_to_times)
 
 RESAMPLING_SCHEMES = ("systematic", "multinomial", "stratified")
@@ -89,6 +89,7 @@ class BootstrapFilter(Solver):
     parameters = {"n_particles": [100, 1000, 10000, 50000], "dt": [1e-3],
                   "resampling": ["systematic"], "ess_threshold": [1.0]}
     capabilities = frozenset({SAMPLES, LOG_DENSITY, FILTERING})
+    labels = {"n_particles": "N", "ess_threshold": "ESS"}
     description = ("bootstrap particle filter: Euler-Maruyama, likelihood weights, "
                    "resampling, Gaussian KDE (Scott)")
 
@@ -184,4 +185,5 @@ class BootstrapFilter(Solver):
             return y, log_density(y)
 
         info = {**info, "final_ess": effective_sample_size(w), "bandwidth": float(kde.factor)}
-        return SolverResult(samples=samples, log_density=log_density, draw=draw, info=info)
+        return SolverResult(samples=samples, log_density=log_density, draw=draw, info=info,
+                            law=IID_DENSITY)

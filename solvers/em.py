@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.base import SAMPLES, Solver, SolverResult, require_positive, steps_to_times
+from solvers.base import (PARTICLES, SAMPLES, Solver, SolverResult, require_positive,
+                          steps_to_times)
 
 
 class EulerMaruyama(Solver):
@@ -17,6 +18,7 @@ class EulerMaruyama(Solver):
     version = "1"
     parameters = {"n_particles": [1000, 10000, 50000], "dt": [1e-3], "batch_size": [0]}
     capabilities = frozenset({SAMPLES})
+    labels = {"n_particles": "N", "batch_size": "batch"}
     description = "Euler-Maruyama particles (unadjusted Langevin)"
 
     @classmethod
@@ -60,5 +62,5 @@ class EulerMaruyama(Solver):
                 k += 1
                 if k % 100 == 0:
                     self.progress(k, total, "EM step")
-            results[t] = SolverResult(samples=x.copy())
+            results[t] = SolverResult(samples=x.copy(), law=PARTICLES)
         return results

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.base import LOG_DENSITY, SAMPLES, Solver, SolverResult
+from solvers.base import IID_DENSITY, LOG_DENSITY, SAMPLES, Solver, SolverResult
 
 N_SAMPLES = 8192
 
@@ -17,6 +17,7 @@ class Exact(Solver):
     version = "1"
     parameters = {"n_samples": [N_SAMPLES]}
     capabilities = frozenset({SAMPLES, LOG_DENSITY})
+    labels = {"n_samples": "n"}
     description = "closed-form oracle (tasks with an exact marginal)"
 
     def skip(self, task):
@@ -39,5 +40,5 @@ class Exact(Solver):
                 return x, ref.log_density(x)
 
             results[t] = SolverResult(samples=ref.sample(int(self.params["n_samples"]), self.rng),
-                                      log_density=ref.log_density, draw=draw)
+                                      log_density=ref.log_density, draw=draw, law=IID_DENSITY)
         return results

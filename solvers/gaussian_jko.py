@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.base import LOG_DENSITY, SAMPLES, Solver, SolverResult, require_positive, \
-    steps_to_times
+from solvers.base import (IID_DENSITY, LOG_DENSITY, SAMPLES, Solver, SolverResult,
+                          require_positive, steps_to_times)
 from tasks.base import gaussian_log_density, gaussian_sampler
 
 
@@ -94,4 +94,4 @@ class GaussianJko(Solver):
             return x, log_density(x)
 
         return SolverResult(samples=sample(int(self.params["n_samples"]), self.rng),
-                            log_density=log_density, draw=draw)
+                            log_density=log_density, draw=draw, law=IID_DENSITY)

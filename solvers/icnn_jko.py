@@ -95,8 +95,8 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from solvers.base import (FILTERING, GPU, LOG_DENSITY, SAMPLES, Solver, SolverResult,
-                          require_positive, steps_to_times)
+from solvers.base import (FILTERING, GPU, IID_DENSITY, LOG_DENSITY, SAMPLES, Solver,
+                          SolverResult, require_positive, steps_to_times)
 
 Params = dict[str, torch.Tensor]
 #: names of the parameters kept non-negative (convexity)
@@ -453,6 +453,7 @@ class IcnnJko(Solver):
         "n_samples": [8192], "mh_warmup": [1000], "mh_thin": [2], "lr_final": [0.1],
     }
     capabilities = frozenset({SAMPLES, LOG_DENSITY, GPU, FILTERING})
+    labels = {"iters": "it/step", "width": "w", "batch_size": "batch", "data_batch_size": "data batch"}
     description = "JKO with input-convex networks (Mokrov et al. 2021); pushed-sample densities"
 
     @classmethod
@@ -714,4 +715,5 @@ class IcnnJko(Solver):
             return self._unnormalised_log_density(maps64, yt).cpu().numpy() - log_z
 
         samples, _ = draw(int(self.params["n_samples"]), self.rng)
-        return SolverResult(samples=samples, log_density=log_density, draw=draw, info=info)
+        return SolverResult(samples=samples, log_density=log_density, draw=draw, info=info,
+                            law=IID_DENSITY)

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from solvers.base import GPU, SAMPLES, Solver, SolverResult, require_positive
+from solvers.base import GPU, PARTICLES, SAMPLES, Solver, SolverResult, require_positive
 
 FUDGE = 1e-6
 MOMENTUM = 0.9
@@ -85,6 +85,7 @@ class SVGD(Solver):
     parameters = {"n_particles": [100], "n_iter": [6000], "step_size": [0.05],
                   "batch_size": [100]}
     capabilities = frozenset({SAMPLES, GPU})
+    labels = {"n_particles": "N", "n_iter": "iters", "batch_size": "batch"}
     description = "Stein variational gradient descent (RBF median kernel, AdaGrad momentum)"
 
     @classmethod
@@ -104,6 +105,9 @@ class SVGD(Solver):
     def skip(self, task):
         if getattr(task, "observations", ()):
             return True, "svgd does not assimilate observations"
+        if not getattr(task, "stationary", False):
+            return True, ("svgd samples the stationary law; this task's reference is the law "
+                          "at a finite time t, which SVGD does not follow")
         return False, ""
 
     def setup(self, task, times, seed, context):
@@ -141,6 +145,6 @@ class SVGD(Solver):
                     if k % 100 == 0:
                         h2 = float(h2_t)
                         self.progress(k, total, "SVGD iteration")
-                results[t] = SolverResult(samples=x.detach().cpu().numpy().copy(),
+                results[t] = SolverResult(samples=x.detach().cpu().numpy().copy(), law=PARTICLES,
                                           info={"iterations": k, "bandwidth_sq": h2})
         return results

@@ -46,6 +46,9 @@ class Reference:
         Normalised density values on ``grid``.
     extras : mapping
         Task-specific data used by task metrics (e.g. test sets).
+    moments : (mean (dim,), covariance (dim, dim)) or None
+        Exact first two moments, for laws that have them in closed form
+        (Gaussian marginals): the moment-error metrics use them.
     """
 
     t: float
@@ -56,6 +59,7 @@ class Reference:
     grid: Array | None = None
     density: Array | None = None
     extras: Mapping[str, Any] = field(default_factory=dict)
+    moments: tuple[Array, Array] | None = None
 
 
 @dataclass(frozen=True)
@@ -85,6 +89,17 @@ class Task(abc.ABC):
         The default parameter grid, e.g. ``{"dim": [1, 2, ..., 12]}``.
     default_times : tuple of float
         Evaluation times used when the run does not select a subset.
+    bounds : dict[str, tuple]
+        Inclusive ``(low, high)`` range of each numeric parameter (e.g.
+        ``{"dim": (1, 128)}``): a value outside is bad input, refused before
+        anything runs.
+    replicate_parameters : tuple of str
+        Parameters that only index replicates of the same problem (a random
+        data split): summaries pool them like seeds.
+    primary_metric : str
+        The metric the leaderboard ranks every solver by; ``ranking_metrics``
+        adds the others it ranks on (e.g. Monte Carlo SymKL for the solvers
+        with a density).
     """
 
     name: ClassVar[str]
@@ -94,6 +109,13 @@ class Task(abc.ABC):
     description: ClassVar[str] = ""
     #: metric the leaderboard ranks by (a metric name; its direction comes from the metric)
     primary_metric: ClassVar[str] = "energy"
+    #: every metric the leaderboard ranks on, the primary one first
+    ranking_metrics: ClassVar[tuple[str, ...]] = ()
+    bounds: ClassVar[dict[str, tuple[float, float]]] = {}
+    #: True when the reference at every t is the stationary law ρ* (a sampler of ρ*
+    #: such as SVGD is then judged on what it targets; on ρ_t at finite t it is not)
+    stationary: ClassVar[bool] = False
+    replicate_parameters: ClassVar[tuple[str, ...]] = ()
 
     #: state dimension, set by the constructor
     dim: int
@@ -170,6 +192,18 @@ class Task(abc.ABC):
         if unknown:
             raise ValueError(f"task {cls.name!r} has no parameter(s) {sorted(unknown)}; "
                              f"known: {sorted(cls.parameters)}")
+        for key, (low, high) in cls.bounds.items():
+            value = params.get(key)
+            if isinstance(value, (int, float, np.integer, np.floating)) \
+                    and not isinstance(value, bool) and not low <= value <= high:
+                raise ValueError(f"task {cls.name!r}: {key}={value!r} is outside its range "
+                                 f"[{low:g}, {high:g}]")
+
+    @classmethod
+    def rankings(cls) -> tuple[str, ...]:
+        """The metrics the leaderboard ranks on: the primary one, then the others."""
+        return (cls.primary_metric,) + tuple(m for m in cls.ranking_metrics
+                                            if m != cls.primary_metric)
 
     @classmethod
     def check_inputs(cls, params: Mapping[str, Any]) -> None:

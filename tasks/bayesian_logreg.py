@@ -160,6 +160,11 @@ class BayesianLogReg(Task):
                    "(Gamma(1, rate 0.01) prior, or the study's protocol); judged by test "
                    "predictive metrics")
     primary_metric = "test_loglik"
+    ranking_metrics = ("test_loglik", "test_accuracy")
+    stationary = True
+    # a random split indexes a replicate of the same problem: summaries pool it like seeds
+    replicate_parameters = ("split",)
+    bounds = {"split": (0, 10_000)}
 
     def __init__(self, seed: np.random.SeedSequence, dataset: str = "breast_cancer",
                  split: int = 0, data_dir: str = "", protocol: str = "gfbench",

@@ -7,7 +7,7 @@ same data; it is observed as Y_k = X_{t_k} + N(0, σ² = 1) at t_k = 0.5, 1.0,
 …, 4.5. The target is the filtering law p(X_t | Y_k, t_k ≤ t), by default at
 t = 5 (nine observations, then 0.5 s of pure prediction).
 
-Reference: Chang–Cooper (solvers/chang_cooper.py) on [−5, 5] with 2000
+Reference: Chang–Cooper (numerics/chang_cooper.py, the core the solver also uses) on [−5, 5] with 2000
 nodes and Δt = 1e-3, multiplied by the likelihood at each t_k and
 renormalised on the grid. Its own error is measured, per task instance, as the
 SymKL (trapezoid on the reference grid) between it and a run on a wider,
@@ -23,7 +23,7 @@ from functools import lru_cache
 
 import numpy as np
 
-from solvers.chang_cooper import grid_law, solve_on_grid
+from numerics.chang_cooper import grid_law, solve_on_grid
 from tasks.base import Observation, Reference, Task
 
 #: observation times t_k
@@ -76,6 +76,7 @@ class Filtering1D(Task):
     parameters: dict = {}
     default_times = (5.0,)
     primary_metric = "symkl_grid"
+    ranking_metrics = ("symkl_grid",)
     description = ("1-D nonlinear filtering: Φ = sin(2πx)/π + x²/4, 9 noisy observations, "
                    "target p(X_5 | Y_1:9); Chang-Cooper reference")
 

@@ -6,6 +6,17 @@ both drawn from the task seed; β = 1; ρ0 = N(0, I). As in Mokrov et al. (2021)
 The marginal is Gaussian: with F = exp(−At) and Σ∞ = A⁻¹/β,
   m_t = b + F(m0 − b),  Σ_t = F Σ0 F + Σ∞ − F Σ∞ F,
 computed through the eigendecomposition A = V diag(λ) Vᵀ.
+
+Sizes: D = 1 … 128 (``bounds``); the default grid is the study's 1 … 12. The
+instance at each D is the same as at every earlier version of this task.
+``make_spd_matrix`` (scikit-learn, as the study) adds an all-ones matrix
+inside its SVD construction, so S has one eigenvalue of order D and A = S⁻¹
+gets stiff as D grows. Range of A's eigenvalues over task seeds 0–4
+(scikit-learn 1.9): D = 1: [0.51, 0.76]; 2: [0.38, 11.8]; 12: [0.08, 38];
+16: [0.06, 42]; 32: [0.03, 82]; 64: [0.015, 146]; 128: [0.008, 683]. The
+fastest mode sets the step an explicit method needs (Euler–Maruyama is
+stable for dt < 2/λ_max: 3e-3 at D = 128, so the default dt = 1e-3 holds
+everywhere); the slowest one is still far from stationary at t = 1.
 """
 from __future__ import annotations
 
@@ -23,6 +34,8 @@ class OrnsteinUhlenbeck(Task):
     parameters = {"dim": list(range(1, 13))}
     default_times = tuple(round(0.1 * k, 10) for k in range(1, 11))
     description = "Ornstein-Uhlenbeck, random SPD drift, exact Gaussian marginals"
+    ranking_metrics = ("energy", "symkl")
+    bounds = {"dim": (1, 128)}
 
     def __init__(self, seed: np.random.SeedSequence, dim: int = 2) -> None:
         super().__init__(seed, dim=dim)
@@ -92,7 +105,8 @@ class OrnsteinUhlenbeck(Task):
         return Reference(
             t=float(t), sample=gaussian_sampler(mean, cov),
             log_density=lambda x: gaussian_log_density(x, mean, cov),
-            provenance="closed form: Gaussian marginal of the OU process", error_estimate=0.0)
+            provenance="closed form: Gaussian marginal of the OU process", error_estimate=0.0,
+            moments=(mean, cov))
 
     def has_closed_form(self) -> bool:
         return True

@@ -8,7 +8,7 @@ import time
 
 import numpy as np
 
-from solvers.base import GPU_ONLY, SAMPLES, Solver, SolverResult
+from solvers.base import GPU_ONLY, IID_DENSITY, LOG_DENSITY, SAMPLES, Solver, SolverResult
 
 
 class _Base(Solver):
@@ -78,3 +78,35 @@ class NeedsGpu(_Base):
     def run(self):
         x = self._samples()
         return {t: SolverResult(samples=x) for t in self.times}
+
+
+class HalfSupport(_Base):
+    """A mode-dropping law: the reference restricted to half its mass (x_0 above its median).
+
+    Its density is 2·q on that half-space and 0 elsewhere, so KL(reference‖solver)
+    is +∞: the verdict must say ∞, not "does not apply". (A real solver never
+    uses the reference; this fixture imitates one that lost a mode.)
+    """
+
+    name = "half_support"
+    capabilities = frozenset({SAMPLES, LOG_DENSITY})
+
+    def run(self):
+        return {t: self._result(self.task.reference(t)) for t in self.times}
+
+    def _result(self, ref):
+        cut = float(np.median(ref.sample(20000, self.rng)[:, 0]))
+
+        def log_density(x):
+            x = np.atleast_2d(x)
+            with np.errstate(divide="ignore"):
+                inside = np.log((x[:, 0] > cut).astype(float))
+            return ref.log_density(x) + np.log(2.0) + inside
+
+        def draw(n, rng):
+            x = ref.sample(3 * n + 64, rng)
+            x = x[x[:, 0] > cut][:n]
+            return x, log_density(x)
+
+        return SolverResult(samples=draw(512, self.rng)[0], log_density=log_density, draw=draw,
+                            law=IID_DENSITY)

@@ -6,9 +6,10 @@ import pytest
 from scipy import stats
 
 from solvers.base import RunContext
-from solvers.chang_cooper import (LOG_ZERO, ChangCooper, bayes_update, chang_cooper_weight,
-                                  evolve_density, grid_law, implicit_euler_factor,
-                                  operator_bands, solve_on_grid)
+from numerics.chang_cooper import (LOG_ZERO, bayes_update, chang_cooper_weight, evolve_density,
+                                   grid_law, implicit_euler_factor, operator_bands,
+                                   solve_on_grid)
+from solvers.chang_cooper import ChangCooper
 from tasks.ou import OrnsteinUhlenbeck
 
 

@@ -17,7 +17,7 @@ def test_gpu_only_solver_is_skipped_with_a_reason_on_a_cpu_host(gfbench, tmp_pat
                          "--solver", "faulty_solvers:NeedsGpu", "--solver", "exact", "--quiet",
                          "--no-report", "--out", tmp_path)
     assert code == 0  # skipped is not a failure
-    frame = store.load(tmp_path).set_index("solver")
+    frame = store.load(tmp_path).set_index("solver_path")
     assert frame.loc["faulty_solvers:NeedsGpu", "status"] == "skipped"
     assert "no CUDA" in frame.loc["faulty_solvers:NeedsGpu", "error"]
     assert frame.loc["exact", "status"] == "ok"

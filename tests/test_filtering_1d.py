@@ -6,7 +6,7 @@ import pytest
 import torch
 from scipy import stats
 
-from solvers.chang_cooper import grid_law, solve_on_grid
+from numerics.chang_cooper import grid_law, solve_on_grid
 from tasks.filtering_1d import OBS_TIMES, Filtering1D, grid_symkl
 
 

@@ -127,12 +127,12 @@ def test_tiny_ou_run_beats_a_loose_bound_and_both_density_paths_agree():
     task, _, results = _run(2, [0.1, 0.2])
     ref = task.reference(0.2)
     result = results[0.2]
-    value = SYMKL(result, ref, rng=np.random.default_rng(0))
+    value = SYMKL(result, ref, rng=np.random.default_rng(0)).value
     # the identity map (staying at ρ0) is the trivial competitor
     x0 = task.sample_initial(8192, np.random.default_rng(1))
     xq = ref.sample(8192, np.random.default_rng(2))
     stay = symkl_from_logs(task.log_density_initial(x0), ref.log_density(x0),
-                           ref.log_density(xq), task.log_density_initial(xq))
+                           ref.log_density(xq), task.log_density_initial(xq)).value
     assert np.isfinite(value) and value < 0.04 and value < stay / 4, (value, stay)
     x, logp = result.draw(300, np.random.default_rng(3))
     np.testing.assert_allclose(result.log_density(x), logp, rtol=1e-6, atol=1e-6)
@@ -144,8 +144,8 @@ def test_fresh_sample_mode_runs_and_agrees_with_pool_mode():
     task, _, fresh = _run(1, [0.1], fresh_samples=True)
     _, _, pooled = _run(1, [0.1])
     ref = task.reference(0.1)
-    a = SYMKL(fresh[0.1], ref, rng=np.random.default_rng(0))
-    b = SYMKL(pooled[0.1], ref, rng=np.random.default_rng(0))
+    a = SYMKL(fresh[0.1], ref, rng=np.random.default_rng(0)).value
+    b = SYMKL(pooled[0.1], ref, rng=np.random.default_rng(0)).value
     assert a < 0.02 and b < 0.02, (a, b)
 
 
@@ -191,10 +191,14 @@ def test_filtering_run_assimilates_observations_and_its_density_is_normalised():
     solver.setup(task, [1.0], np.random.SeedSequence(2), RunContext())
     result = solver.run()[1.0]
     ref = task.reference(1.0)
-    value = SYMKL_GRID(result, ref, rng=np.random.default_rng(0))
+    value = SYMKL_GRID(result, ref, rng=np.random.default_rng(0)).value
     # ρ0 itself (what ignoring both the dynamics and the observations gives)
-    stay = SYMKL_GRID(SolverResult(log_density=task.log_density_initial), ref,
-                      rng=np.random.default_rng(0))
+    def draw(n, rng):
+        x = task.sample_initial(n, rng)
+        return x, task.log_density_initial(x)
+
+    stay = SYMKL_GRID(SolverResult(log_density=task.log_density_initial, draw=draw), ref,
+                      rng=np.random.default_rng(0)).value
     assert value < 0.1 and value < stay / 4, (value, stay)
     mass = np.trapezoid(np.exp(result.log_density(ref.grid[:, None])), ref.grid)
     assert abs(mass - 1.0) < 1e-3
@@ -266,5 +270,5 @@ def test_data_minibatch_potential_is_used_and_the_flow_is_right():
     solver.setup(task, [0.1], np.random.SeedSequence(1), RunContext())
     result = solver.run()[0.1]
     assert task.batches >= 2 * 60  # one minibatch per training iteration
-    value = SYMKL(result, task.reference(0.1), rng=np.random.default_rng(0))
+    value = SYMKL(result, task.reference(0.1), rng=np.random.default_rng(0)).value
     assert value < 0.05, value

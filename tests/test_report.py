@@ -26,26 +26,21 @@ def test_report_has_tables_and_figures_for_every_solver(gfbench, tiny_results, t
     md = (tmp_path / "rep" / "report.md").read_text()
     html = (tmp_path / "rep" / "report.html").read_text()
     assert "## Task `ou`" in md and "| exact |" in md and "em" in md
-    assert "ou_symkl_dim.png" in md and (tmp_path / "rep" / "figures" / "ou_symkl_dim.png").is_file()
+    assert "ou_symkl_kde_dim.png" in md and (tmp_path / "rep" / "figures" / "ou_symkl_kde_dim.png").is_file()
     assert html.count("data:image/png;base64,") >= 2  # self-contained
     # the oracle's MC SymKL is exactly 0 and shows up as such in the table
     row = next(line for line in md.splitlines() if line.startswith("| exact | dim=1 | 0.2"))
     assert "| 0 |" in row
 
 
-def test_leaderboard_ranks_with_bootstrap_ties(tiny_results):
+def test_leaderboard_ranks_every_group_on_the_task_metrics(tiny_results):
     board = leaderboard.build_leaderboard(store.load(tiny_results))
-    assert set(board["task_config"]) == {"dim=1", "dim=2"}
-    assert (board["metric"] == "energy").all() and board["rank"].min() == 1
+    assert set(board["group"]) == {"dim=1", "dim=2"}
+    assert set(board["metric"]) == {"energy", "symkl"} and board["rank"].min() == 1
+    # Monte Carlo SymKL ranks the solvers with a density only
+    assert set(board.loc[board["metric"] == "symkl", "solver"]) == {"exact"}
     forced = leaderboard.build_leaderboard(store.load(tiny_results), metric="symkl_kde")
     assert set(forced.dropna(subset=["rank"])["solver"]) == {"em"}  # exact has a density, no KDE
-
-
-def test_rank_entries_ties_overlapping_intervals():
-    scores = pd.DataFrame({"median": [1.0, 1.1, 5.0], "ci_low": [0.9, 1.0, 4.0],
-                           "ci_high": [1.2, 1.3, 6.0]})
-    assert leaderboard.rank_entries(scores, lower_is_better=True).tolist() == [1, 1, 3]
-    assert leaderboard.rank_entries(scores, lower_is_better=False).tolist() == [2, 2, 1]
 
 
 def test_compare_same_results_has_no_regression(tiny_results, capsys):
@@ -78,8 +73,11 @@ def test_compare_verdicts(new, kwargs, verdict):
 def test_compare_fixed_and_missing():
     table = compare.compare_frames(_frame([np.nan] * 3, status="error"), _frame([0.1] * 3))
     assert "fixed" in set(table["verdict"])
-    table = compare.compare_frames(_frame([0.1] * 3), _frame([]).iloc[:0])
-    assert set(table["verdict"]) == {"missing"}
+    two = pd.concat([_frame([0.1] * 3), _frame([0.1] * 3).assign(task_config="dim=2")])
+    table = compare.compare_frames(two, _frame([0.1] * 3))
+    assert "missing" in set(table["verdict"]) and "same" in set(table["verdict"])
+    with pytest.raises(compare.NothingCompared):
+        compare.compare_frames(_frame([0.1] * 3), _frame([]).iloc[:0])
 
 
 def test_compare_uses_wilcoxon_with_many_seeds():
@@ -150,9 +148,9 @@ def test_leaderboard_lists_the_better_median_first_within_a_shared_rank():
     # two solvers whose intervals overlap (same rank); higher log-likelihood is better
     frame = pd.DataFrame({
         "task": "bayesian_logreg", "task_config": "dataset=x", "t": 1.0, "status": "ok",
-        "solver": ["a"] * 3 + ["b"] * 3, "solver_config": "",
+        "solver": ["a"] * 3 + ["b"] * 3, "solver_config": "", "seed": [0, 1, 2] * 2,
         "test_loglik": [-0.13, -0.105, -0.083, -0.094, -0.093, -0.090],
-        "time_run": 1.0})
+        "test_loglik_se": 0.001, "time_run": 1.0, "error": ""})
     board = leaderboard.build_leaderboard(frame, metric="test_loglik")
     assert board["rank"].tolist() == [1, 1]
     assert board["solver"].tolist()[0].startswith("b")  # median -0.093 beats -0.105

@@ -61,7 +61,7 @@ def test_failing_solvers_become_status_rows_and_the_grid_completes(gfbench, tmp_
         "--solver", "faulty_solvers:KillsItself", "--timeout", "8", "-j", "2",
         "--metrics", "energy", "--quiet", "--out", out)
     assert code == 1  # not every run ok
-    frame = store.load(out).set_index("solver")
+    frame = store.load(out).set_index("solver_path")
     assert frame.loc["exact", "status"] == "ok" and np.isfinite(frame.loc["exact", "energy"])
     assert frame.loc["faulty_solvers:Raises", "status"] == "error"
     assert "deliberate failure" in frame.loc["faulty_solvers:Raises", "error"]

@@ -94,7 +94,7 @@ def test_langevin_particles_approach_rho_star():
 
 
 @pytest.mark.parametrize("params", [{"dim": 0}, {"dim": 2.5}, {"n_components": -1},
-                                    {"length": 0.0}, {"length": -3.0}, {"colour": 1}])
+                                    {"dim": 65}, {"length": -3.0}, {"colour": 1}])
 def test_invalid_parameters_are_rejected(params):
     with pytest.raises(ValueError):
         StationaryGMM.validate_params(params)

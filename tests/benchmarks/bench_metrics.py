@@ -2,7 +2,7 @@
 
 Run: python -m pytest tests/benchmarks/bench_metrics.py --benchmark-enable
 
-scipy's ``gaussian_kde.logpdf`` against :func:`metrics.kde.kde_logpdf` on the
+scipy's ``gaussian_kde.logpdf`` against :func:`numerics.kde.kde_logpdf` on the
 size of one SymKL-through-KDE evaluation (8192 points, 10,000 kernels), one
 thread, side by side in the same run; the ratio is printed.
 """
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from scipy.stats import gaussian_kde
 
-from metrics.kde import kde_logpdf
+from numerics.kde import kde_logpdf
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
