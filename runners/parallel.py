@@ -82,7 +82,10 @@ def _exit_with_supervisor(pid: int | None, period_s: float = 2.0) -> None:
 
 
 def _child_main(spec: dict, out: str, options: dict) -> None:
+    from runners.resources import tune_allocator
+
     _exit_with_supervisor(options.get("supervisor_pid"))
+    tune_allocator()
     apply_threads(int(options.get("n_threads", 1)))
     progress_dir = options.get("progress_dir")
     path = os.path.join(progress_dir, spec["run_id"]) if progress_dir else None

@@ -100,3 +100,48 @@ def test_grid_filter_matches_kalman_filter_on_ou():
     mean = np.sum(grid * rho) * dx
     var = np.sum((grid - mean) ** 2 * rho) * dx
     assert mean == pytest.approx(m, abs=2e-3) and var == pytest.approx(v, abs=2e-3)
+
+
+def independent_filter(task, t_end: float, half_width: float = 6.0, n: int = 801):
+    """The filtering density by a scheme that shares no code with the reference.
+
+    Central differences in flux form with Φ' evaluated analytically at the faces
+    (no exponential fitting), zero-flux walls at ±6, exact time integration by
+    the matrix exponential between observations, Bayes updates by the trapezoid
+    rule. Chang–Cooper (the reference and the solver) is none of these.
+    """
+    from scipy.sparse import diags
+    from scipy.sparse.linalg import expm_multiply
+
+    x = np.linspace(-half_width, half_width, n)
+    dx = x[1] - x[0]
+    faces = 0.5 * (x[:-1] + x[1:])
+    drift = 2.0 * np.cos(2.0 * np.pi * faces) + 0.5 * faces
+    own = drift / 2.0 - 1.0 / (task.beta * dx)    # weight of ρ_i in the flux F_{i+½}
+    nxt = drift / 2.0 + 1.0 / (task.beta * dx)    # weight of ρ_{i+1}
+    main = np.zeros(n)
+    main[:-1] += own / dx
+    main[1:] -= nxt / dx
+    generator = diags([-own / dx, main, nxt / dx], [-1, 0, 1], format="csr")
+    rho = np.exp(-0.5 * x * x)
+    rho /= np.trapezoid(rho, x)
+    t = 0.0
+    for obs in task.observations:
+        if obs.t > t_end:
+            break
+        rho = expm_multiply(generator * (obs.t - t), rho)
+        rho = rho * np.exp(-0.5 * (obs.y[0] - x) ** 2 / task.obs_variance)
+        rho /= np.trapezoid(rho, x)
+        t = obs.t
+    return x, expm_multiply(generator * (t_end - t), rho)
+
+
+def test_reference_agrees_with_a_discretisation_that_shares_no_code_with_it():
+    """Measured: SymKL 4.4e-7 on task seed 0 (the reference's own error estimate: 3.7e-7)."""
+    task = Filtering1D(np.random.SeedSequence(0))
+    ref = task.reference(5.0)
+    x, rho = independent_filter(task, 5.0)
+    p, q = np.interp(ref.grid, x, rho), ref.density
+    symkl = np.trapezoid((p - q) * (np.log(p + 1e-300) - np.log(q + 1e-300)), ref.grid)
+    assert 0 <= symkl < 5e-6
+    assert symkl < 20 * ref.error_estimate + 1e-7

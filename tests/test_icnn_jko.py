@@ -95,9 +95,17 @@ def test_inverse_of_the_gradient_map_round_trips(device):
     x = _points(300, 4, scale=2.0).to(device)
     with torch.no_grad():
         y, _ = icnn_grad_hess(params, x, 1e-6, hessian=False)
-    x_back, unconverged = invert_map(params, y, 1e-6)
+    x_back, unconverged, logdet = invert_map(params, y, 1e-6)
     assert unconverged == 0
     torch.testing.assert_close(x_back, x, rtol=1e-7, atol=1e-7)
+    _, hess = icnn_grad_hess(params, x, 1e-6)
+    torch.testing.assert_close(logdet, torch.logdet(hess), rtol=1e-9, atol=1e-9)
+    # the float32 first phase ends at the same point (float64 Newton finishes it)
+    single = {k: v.detach().float() for k, v in params.items()}
+    x_mixed, unconverged, logdet_mixed = invert_map(params, y, 1e-6, params32=single)
+    assert unconverged == 0
+    torch.testing.assert_close(x_mixed, x, rtol=1e-7, atol=1e-7)
+    torch.testing.assert_close(logdet_mixed, logdet, rtol=1e-9, atol=1e-9)
 
 
 def test_pushed_log_density_equals_inverse_map_log_density():

@@ -1,0 +1,168 @@
+"""The previous ICNN-JKO hot paths, kept as the benchmarks' baseline.
+
+These are ``quadratic_form``, ``icnn_grad_hess``, ``invert_map``, ``pull_back``
+and ``push_trajectory`` of ``solvers/icnn_jko.py`` as of commit 17347ac
+(before the performance work of issue 18), unchanged but for names:
+broadcast products over (n, D, w) for the pre-activations and ∇ψ, autograd
+through the Gram term, Newton with an Armijo search on ψ over all rows in
+float64, chunk outputs joined from lists. bench_icnn_jko.py times them side
+by side with the current code and checks both give the same numbers.
+"""
+from __future__ import annotations
+
+
+import torch
+
+from solvers.icnn_jko import ObsLogLik, Params, _obs_weight, logdet_pd
+
+#: rows per chunk then
+OLD_CHUNK = 4096
+
+def hidden(params: Params, x: torch.Tensor):
+    """Pre-activations: ``a1, a2 (n, r, w)`` and ``u (n, w)``."""
+    n, width = x.shape[0], params["b1"].shape[0]
+    a1 = (x @ params["Q1"]).view(n, -1, width)
+    z1 = (a1 * a1).sum(1) + x @ params["W1"].T + params["b1"]
+    a2 = (x @ params["Q2"]).view(n, -1, width)
+    u = z1 @ params["Z"].T + (a2 * a2).sum(1) + x @ params["W2"].T + params["b2"]
+    return a1, a2, u
+
+
+def icnn_potential(params: Params, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """ψ(x) for ``x (n, D)`` -> ``(n,)``."""
+    _, _, u = hidden(params, x)
+    return torch.nn.functional.softplus(u) @ params["c"] + 0.5 * eps * (x * x).sum(1)
+
+
+
+def quadratic_form(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Each pre-activation is quadratic in x: u_j(x) = ½xᵀK_j x + B_jᵀx + a_j.
+
+    Returns ``K (w, D, D)`` (symmetric, PSD since Z ≥ 0), ``B (D, w)`` and ``a (w,)``;
+    parameter-only work, differentiable.
+    """
+    dim, width = params["W1"].shape[1], params["b1"].shape[0]
+    q1 = params["Q1"].view(dim, -1, width)
+    q2 = params["Q2"].view(dim, -1, width)
+    s1 = torch.einsum("drj,erj->jde", q1, q1).reshape(width, dim * dim)
+    s2 = torch.einsum("drj,erj->jde", q2, q2).reshape(width, dim * dim)
+    curv = 2.0 * (params["Z"] @ s1 + s2).view(width, dim, dim)
+    lin = (params["Z"] @ params["W1"] + params["W2"]).T
+    const = params["Z"] @ params["b1"] + params["b2"]
+    return curv, lin, const
+
+
+def icnn_grad_hess(params: Params, x: torch.Tensor, eps: float, hessian: bool = True
+                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Closed-form ∇ψ ``(n, D)`` and ∇²ψ ``(n, D, D)`` (None unless ``hessian``).
+
+    With u_j = ½xᵀK_j x + B_jᵀx + a_j (:func:`quadratic_form`), ∇u_j = K_j x + B_j
+    for all units at once is ONE GEMM, and
+    ∇ψ = Σ_j c_jσ(u_j)∇u_j + εx,  ∇²ψ = Σ_j c_jσ'(u_j)∇u_j∇u_jᵀ + Σ_j c_jσ(u_j)K_j + εI.
+    Differentiable with respect to the parameters (autograd through the GEMMs).
+    """
+    n, dim = x.shape
+    curv, lin, const = quadratic_form(params)
+    width = const.shape[0]
+    # ju[n, :, j] = ∇u_j(x_n); curv is symmetric so either index order works
+    ju = (x @ curv.permute(1, 2, 0).reshape(dim, dim * width)).view(n, dim, width) + lin
+    u = 0.5 * (x[:, :, None] * (ju + lin)).sum(1) + const
+    s = torch.sigmoid(u)
+    v = s * params["c"]                                       # ∂ψ/∂u >= 0, (n, w)
+    grad = (ju * v[:, None, :]).sum(2) + eps * x   # cheaper than a batched mat-vec
+    if not hessian:
+        return grad, None
+    weight = params["c"] * s * (1.0 - s)                      # (n, w) >= 0
+    outer = torch.bmm(ju * weight[:, None, :], ju.transpose(1, 2))
+    inner = (v @ curv.view(width, dim * dim)).view(n, dim, dim)
+    eye = torch.eye(dim, dtype=x.dtype, device=x.device)
+    return grad, outer + inner + eps * eye
+
+
+
+@torch.no_grad()
+def push_trajectory(maps: list[Params], x: torch.Tensor, eps: float,
+                    logp: torch.Tensor | None = None, obs: ObsLogLik | None = None,
+                    first_step: int = 1
+                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+    """Push ``x (n, D)`` through ∇ψ of every map in order, chunked.
+
+    Returns the pushed points, their log-density by change of variables (when
+    ``logp (n,)`` is given) and Σ log L_k along each trajectory (observations
+    after step k; ``maps[0]`` is step ``first_step``; zeros without ``obs``).
+    """
+    xs, ls, ws = [], [], []
+    for start in range(0, x.shape[0], OLD_CHUNK):
+        xc = x[start:start + OLD_CHUNK]
+        lc = None if logp is None else logp[start:start + OLD_CHUNK]
+        wc = torch.zeros(xc.shape[0], dtype=x.dtype, device=x.device)
+        for k, params in enumerate(maps, start=first_step):
+            grad, hess = icnn_grad_hess(params, xc, eps, hessian=lc is not None)
+            if lc is not None:
+                lc = lc - logdet_pd(hess)[0]
+            xc = grad
+            wc = wc + _obs_weight(obs, k, xc)
+        xs.append(xc)
+        ls.append(lc)
+        ws.append(wc)
+    return torch.cat(xs), None if logp is None else torch.cat(ls), torch.cat(ws)
+
+
+
+@torch.no_grad()
+def invert_map(params: Params, y: torch.Tensor, eps: float, tol: float = 1e-10,
+               max_iter: int = 100) -> tuple[torch.Tensor, int]:
+    """Solve ∇ψ(x) = y for every row of ``y (n, D)`` -> (x, n_unconverged).
+
+    Damped Newton on the strongly convex f(x) = ψ(x) − ⟨x, y⟩ with the exact
+    Hessian and Armijo backtracking; starts at x = y (maps are near identity).
+    """
+    x = y.clone()
+    slack = 64.0 * torch.finfo(y.dtype).eps
+    for _ in range(max_iter):
+        grad, hess = icnn_grad_hess(params, x, eps)
+        resid = grad - y
+        active = resid.norm(dim=1) > tol * (1.0 + y.norm(dim=1))
+        if not active.any():
+            return x, 0
+        chol, _ = torch.linalg.cholesky_ex(hess + 1e-12 * torch.eye(x.shape[1], dtype=x.dtype,
+                                                                   device=x.device))
+        step = -torch.cholesky_solve(resid[:, :, None], chol)[:, :, 0]
+        step = torch.where(torch.isfinite(step), step, -resid)
+        f0 = icnn_potential(params, x, eps) - (x * y).sum(1)
+        slope = (resid * step).sum(1)
+        t = torch.ones_like(f0)
+        for _ in range(40):
+            trial = x + t[:, None] * step
+            f1 = icnn_potential(params, trial, eps) - (trial * y).sum(1)
+            ok = f1 <= f0 + 1e-4 * t * slope + slack * (f0.abs() + 1.0)
+            if ok.all():
+                break
+            t = torch.where(ok, t, 0.5 * t)
+        x = torch.where(active[:, None], trial, x)
+    grad, _ = icnn_grad_hess(params, x, eps, hessian=False)
+    unconverged = (grad - y).norm(dim=1) > 1e3 * tol * (1.0 + y.norm(dim=1))
+    return x, int(unconverged.sum())
+
+
+@torch.no_grad()
+def pull_back(maps: list[Params], y: torch.Tensor, eps: float, obs: ObsLogLik | None = None
+              ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
+    """Invert all maps (last first).
+
+    Returns ``x0 (n, D)``, Σ_k log det ∇²ψ_k along the way ``(n,)``, the number of
+    unconverged inversions and Σ log L_k along the recovered trajectory ``(n,)``.
+    """
+    logdet = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
+    weight = torch.zeros_like(logdet)
+    bad = 0
+    x = y
+    for k in range(len(maps), 0, -1):
+        weight = weight + _obs_weight(obs, k, x)
+        x, unconverged = invert_map(maps[k - 1], x, eps)
+        bad += unconverged
+        _, hess = icnn_grad_hess(maps[k - 1], x, eps)
+        logdet = logdet + logdet_pd(hess)[0]
+    return x, logdet, bad, weight
+
+
