@@ -92,6 +92,10 @@ class Metric:
     requires : str
         What ``applies`` checks, in words ("a solver density"): the note of a
         row where the metric does not apply.
+    default : bool
+        Computed when a run does not list its metrics. Biased or expensive
+        diagnostics (KDE SymKL, sliced W2) are computed on request: the
+        profiles that compare with the original study ask for them.
     """
 
     name: str
@@ -103,6 +107,7 @@ class Metric:
     label: str = ""
     lower_bound: float | None = None
     requires: str = ""
+    default: bool = True
 
     def __call__(self, result: Any, reference: Any, *, rng: np.random.Generator,
                  draws: "ReferenceDraws | None" = None) -> MetricValue:

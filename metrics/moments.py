@@ -61,7 +61,9 @@ def moment_errors(sample: SolverSample, mean: np.ndarray, cov: np.ndarray,
 def _metric(index: int):
     def fn(result, reference, *, rng: np.random.Generator, draws=None) -> MetricValue:
         mean, cov = reference.moments
-        sample = solver_sample(result, N_MOMENTS, rng)
+        # a particle set is used whole however large (its moments are cheap and exact)
+        n = N_MOMENTS if result.law != "particles" else max(N_MOMENTS, len(result.samples))
+        sample = solver_sample(result, n, rng)
         return moment_errors(sample, np.asarray(mean, dtype=np.float64),
                              np.asarray(cov, dtype=np.float64), rng)[index]
     return fn

@@ -137,13 +137,15 @@ SYMKL = Metric(
 
 SYMKL_KDE = Metric(
     name="symkl_kde", version="2", fn=symkl_kde, lower_bound=0.0, label="SymKL (KDE, biased)",
+    default=False,
     applies=lambda r, ref: r.law == "particles" and _has_reference_density(ref)
     and r.samples is not None and np.shape(r.samples)[1] <= KDE_MAX_DIM,
     requires=f"a particle set (no density) in D <= {KDE_MAX_DIM} and a reference density",
     description="SymKL through a scipy Gaussian KDE (Scott) of the particles, 4096 samples per "
                 "side, as the original study; biased upwards by KDE smoothing (10,000 exact "
                 "N(0, I) samples score ~0.002 at D = 1, 0.3 at D = 6, 1.7 at D = 12): it "
-                "measures the KDE, so it is not reported above D = 12")
+                "measures the KDE, so it is not reported above D = 12; computed on request "
+                "(--metrics or a profile)")
 
 SYMKL_GRID = Metric(
     name="symkl_grid", version="2", fn=symkl_grid, lower_bound=0.0, label="SymKL (grid)",

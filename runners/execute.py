@@ -113,6 +113,11 @@ def _evaluate(spec: dict, task, result: SolverResult, t: float, options: dict
         values["curve"] = _curve(reference, result)
     values["reference_error"] = reference.error_estimate
     values["reference_provenance"] = reference.provenance
+    # the reference's scalar facts (a stationarity gap, the hidden state): JSON
+    values["reference_info"] = json.dumps(
+        {k: float(v) for k, v in reference.extras.items()
+         if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)},
+        sort_keys=True)
     return values
 
 

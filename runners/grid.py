@@ -137,7 +137,7 @@ def _metric_versions(names: list[str] | None) -> tuple[dict[str, str], dict[str,
     """Versions and code hashes of the selected metrics (all when ``names`` is None)."""
     known = registry.metrics()
     if names is None:
-        names = list(known)
+        names = [name for name, metric in known.items() if metric.default]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise BadInput(f"unknown metric(s) {unknown}; known: {', '.join(known)}")

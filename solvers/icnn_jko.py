@@ -237,38 +237,55 @@ def icnn_grad_hess(params: Params, x: torch.Tensor, eps: float, hessian: bool = 
     return grad, WeightedGram.apply(ju, weight) + inner + eps * eye
 
 
+def _cholesky_with_jitter(hess: torch.Tensor, max_tries: int = 4
+                          ) -> tuple[torch.Tensor, int]:
+    """Cholesky factors of SPD ``(n, D, D)``; non-PD ones (in floating point) get jitter."""
+    chol, info = torch.linalg.cholesky_ex(hess)
+    bad = info > 0
+    n_fixed = int(bad.sum())
+    if n_fixed:
+        dim = hess.shape[-1]
+        eye = torch.eye(dim, dtype=hess.dtype, device=hess.device)
+        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).abs() + 1e-12
+        jitter, fixed = torch.finfo(hess.dtype).eps * 100.0, hess
+        for _ in range(max_tries):
+            fixed = fixed + (bad * scale * jitter)[:, None, None] * eye
+            chol, info = torch.linalg.cholesky_ex(fixed)
+            bad = info > 0
+            if not bad.any():
+                break
+            jitter *= 100.0
+    return chol, n_fixed
+
+
+class _LogDetPD(torch.autograd.Function):
+    """log det H from a Cholesky factor, with the gradient H⁻¹ from the same factor."""
+
+    @staticmethod
+    def forward(ctx, hess: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(chol)
+        return 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        (chol,) = ctx.saved_tensors
+        return grad_out[:, None, None] * torch.cholesky_inverse(chol), None
+
+
 def logdet_pd(hess: torch.Tensor, max_tries: int = 4) -> tuple[torch.Tensor, int]:
     """log det of a batch of SPD matrices ``(n, D, D)`` by Cholesky -> ``((n,), n_fixed)``.
 
     Matrices whose factorisation fails (non-PD in floating point) get a
     growing diagonal jitter relative to their mean eigenvalue; ``n_fixed``
-    counts them. The gradient (first order only) is supplied as H⁻¹ from the
-    same factor, which is about twice as fast as autograd through the Cholesky.
+    counts them. The gradient (first order only) is H⁻¹ from the same factor
+    (``cholesky_inverse``, the jitter treated as a constant): about twice as
+    fast as autograd through the Cholesky, and it builds no (n, D, D) graph.
     """
     with torch.no_grad():
-        chol, info = torch.linalg.cholesky_ex(hess)
-        bad = info > 0
-        n_fixed = int(bad.sum())
-        if n_fixed:
-            dim = hess.shape[-1]
-            eye = torch.eye(dim, dtype=hess.dtype, device=hess.device)
-            scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).abs() + 1e-12
-            jitter, fixed = torch.finfo(hess.dtype).eps * 100.0, hess
-            for _ in range(max_tries):
-                fixed = fixed + (bad * scale * jitter)[:, None, None] * eye
-                chol, info = torch.linalg.cholesky_ex(fixed)
-                bad = info > 0
-                if not bad.any():
-                    break
-                jitter *= 100.0
-        value = 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
-        if not hess.requires_grad:
-            return value, n_fixed
-        eye = torch.eye(hess.shape[-1], dtype=hess.dtype, device=hess.device)
-        chol_inv = torch.linalg.solve_triangular(chol, eye.expand_as(hess), upper=False)
-        inverse = chol_inv.transpose(-2, -1) @ chol_inv
-    # value unchanged; d/dH = H⁻¹ (the jitter is treated as a constant)
-    return value + (inverse * (hess - hess.detach())).sum((-2, -1)), n_fixed
+        chol, n_fixed = _cholesky_with_jitter(hess, max_tries)
+    if not hess.requires_grad:
+        return 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1), n_fixed
+    return _LogDetPD.apply(hess, chol), n_fixed
 
 
 def naive_grad_hess(params: Params, x: torch.Tensor, eps: float

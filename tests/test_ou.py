@@ -54,3 +54,23 @@ def test_reference_log_density_is_normalised_in_1d():
 def test_invalid_dimension_is_rejected(params):
     with pytest.raises(ValueError):
         OrnsteinUhlenbeck.validate_params(params)
+
+
+def test_closed_form_moments_at_d64_match_an_independent_euler_maruyama_run():
+    """The large tier's reference: D = 64, t = 0.5, against 4000 EM paths (dt = 5e-4)."""
+    from metrics.moments import moment_errors
+    from metrics.base import SolverSample
+
+    task = OrnsteinUhlenbeck(np.random.SeedSequence(0), dim=64)
+    assert task.eigval.max() * 5e-4 < 0.2  # the stiffest mode is resolved
+    rng = np.random.default_rng(1)
+    x = task.sample_initial(4000, rng)
+    a, b = task.quadratic_potential()
+    for _ in range(1000):
+        x += -(x - b) @ a * 5e-4 + np.sqrt(2 * 5e-4) * rng.standard_normal(x.shape)
+    mean, cov = task.marginal(0.5)
+    sample = SolverSample(x, np.full(len(x), 1 / len(x)), exact=True, weight_sq=1 / len(x))
+    mean_err, cov_err = moment_errors(sample, mean, cov, rng)
+    # within sampling error (the floor: what 4000 exact draws score) plus EM's O(dt) bias
+    assert mean_err.value < 3 * mean_err.floor
+    assert cov_err.value < 1.5 * cov_err.floor + 0.01, (cov_err.value, cov_err.floor)

@@ -98,3 +98,46 @@ def test_langevin_particles_approach_rho_star():
 def test_invalid_parameters_are_rejected(params):
     with pytest.raises(ValueError):
         StationaryGMM.validate_params(params)
+
+
+def test_the_stationarity_estimate_is_order_free_shrinks_with_t_and_vanishes_at_equal_masses():
+    from tasks.stationary_gmm import mixture_energy_gap, mixture_symkl_gap
+
+    task = StationaryGMM(np.random.SeedSequence(3), dim=2)
+    late_first = StationaryGMM(np.random.SeedSequence(3), dim=2)
+    early = [task.stationarity_gap(t) for t in (1.0, 4.0)]
+    assert late_first.stationarity_gap(4.0) == early[1]
+    assert late_first.stationarity_gap(1.0) == early[0]  # restarted: same stream
+    assert early[1][1] <= early[0][1] + 0.02  # mode masses move towards equal weights
+    rng = np.random.default_rng(0)
+    equal = np.full(task.n_components, 1.0 / task.n_components)
+    assert mixture_energy_gap(equal, task.centres, rng) == 0.0
+    assert abs(mixture_symkl_gap(equal, task.centres, rng)) < 1e-12
+    skewed = np.r_[0.6, np.full(task.n_components - 1, 0.4 / (task.n_components - 1))]
+    assert mixture_energy_gap(skewed, task.centres, rng) > 0.01
+    assert mixture_symkl_gap(skewed, task.centres, rng) > 0.05
+    ref = task.reference(4.0)
+    assert ref.error_estimate == early[1][0] and ref.extras["stationarity_symkl"] == early[1][2]
+
+
+@pytest.mark.parametrize("dim, components, length", [(13, 10, 10.0), (32, 10, 6.0),
+                                                     (64, 10, 4.0)])
+def test_large_mixtures_have_the_study_sizes_and_a_consistent_sampler_and_density(
+        dim, components, length):
+    task = StationaryGMM(np.random.SeedSequence(0), dim=dim)
+    assert (task.n_components, task.length) == (components, length)
+    assert np.abs(task.centres).max() <= length / 2
+    ref = task.reference(1.0)
+    x = ref.sample(20000, np.random.default_rng(1))
+    # density consistent with the sampler: E_q[log q] equals the mixture's entropy
+    # estimate from an independent sample, and the density integrates to one along a
+    # line through two centres (1-D quadrature of the restriction is not 1; use the
+    # importance identity E_q[p/q] = 1 with p the first component)
+    first = task.centres[0]
+    log_first = -0.5 * np.sum((x - first) ** 2, axis=1) - 0.5 * dim * np.log(2 * np.pi)
+    ratio = np.exp(log_first - ref.log_density(x))
+    assert abs(ratio.mean() - 1.0) < 0.05
+    # each sample's nearest centre holds ~1/M of them
+    nearest = np.argmin(((x[:, None, :] - task.centres[None]) ** 2).sum(2), axis=1)
+    assert np.abs(np.bincount(nearest, minlength=components) / len(x) - 1 / components).max() \
+        < 0.02
