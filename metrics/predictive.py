@@ -22,7 +22,6 @@ split, and the report pairs solvers on splits for that reason.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
 from metrics.base import Metric, MetricValue, solver_sample
 from tasks.bayesian_logreg import weights_from_state
@@ -45,6 +44,8 @@ def block_log_probs(weights: np.ndarray, log_omega: np.ndarray, z: np.ndarray, y
         Log sample weights (sum of ω = 1).
     z : ndarray (m, p), y : ndarray (m,) in {0, 1}
     """
+    from scipy.special import logsumexp  # heavy: imported on use
+
     sign = 2.0 * np.asarray(y, dtype=np.float64) - 1.0
     blocks = np.array_split(np.arange(weights.shape[0]), n_blocks)
     out = np.empty((z.shape[0], len(blocks)))
@@ -60,12 +61,16 @@ def block_log_probs(weights: np.ndarray, log_omega: np.ndarray, z: np.ndarray, y
 
 def predictive_log_probs(weights: np.ndarray, z: np.ndarray, y: np.ndarray) -> np.ndarray:
     """log p(y_i | z_i) ``(m,)`` under the equal-weight sample average of σ(wᵀz)."""
+    from scipy.special import logsumexp
+
     log_omega = np.full(weights.shape[0], -np.log(weights.shape[0]))
     return logsumexp(block_log_probs(weights, log_omega, z, y, 1), axis=1)
 
 
 def _predictive(result, reference, rng, statistic) -> MetricValue:
     """``statistic(log p(y_i | z_i)) -> float`` with its jackknife standard error."""
+    from scipy.special import logsumexp
+
     extras = reference.extras
     # a particle set is used whole, however large; an i.i.d. law gives 4096 draws
     n = N_POSTERIOR if result.law != "particles" else max(N_POSTERIOR, len(result.samples))

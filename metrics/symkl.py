@@ -31,7 +31,6 @@ tasks ``symkl_grid`` is the metric to rank by.
 from __future__ import annotations
 
 import numpy as np
-from scipy.stats import gaussian_kde
 
 from metrics.base import Metric, MetricValue, check_samples, ensure_draws, solver_sample
 from numerics.kde import kde_logpdf
@@ -95,6 +94,8 @@ def symkl_kde(result, reference, *, rng: np.random.Generator, draws=None, n: int
               ) -> MetricValue:
     """SymKL of a Gaussian KDE (scipy, Scott's rule) of a particle set; see the module doc."""
     draws = ensure_draws(draws, reference, rng)
+    from scipy.stats import gaussian_kde  # heavy: imported when a KDE is needed
+
     x = np.asarray(result.samples, dtype=np.float64)
     check_samples(x)
     if x.shape[0] <= x.shape[1]:

@@ -17,20 +17,26 @@ metric that uses it. Solvers' own densities stay in float64.
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-from scipy.linalg import solve_triangular
-from scipy.stats import gaussian_kde
+
+if TYPE_CHECKING:
+    from scipy.stats import gaussian_kde
 
 #: (points × kernels) elements per block: a few MB of scores stay in cache
 BLOCK_ELEMENTS = 2 ** 18
 
 
-def kde_logpdf(kde: gaussian_kde, points: np.ndarray, precision: str = "float64") -> np.ndarray:
+def kde_logpdf(kde: "gaussian_kde", points: np.ndarray, precision: str = "float64"
+               ) -> np.ndarray:
     """log of the KDE's density at ``points (m, d)`` -> ``(m,)`` float64.
 
     Equal to ``kde.logpdf(points.T)`` up to round-off in float64 (checked in
     the tests); see the module docstring for ``precision="float32"``.
     """
+    from scipy.linalg import solve_triangular
+
     dtype = {"float64": np.float64, "float32": np.float32}[precision]
     points = np.atleast_2d(np.asarray(points, dtype=np.float64))
     centre = kde.dataset @ kde.weights

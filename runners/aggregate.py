@@ -19,7 +19,7 @@ from runners import registry
 
 #: columns identifying one configuration (one cell of the grid, all seeds)
 CONFIG_KEYS = ["task", "task_config", "solver", "solver_config", "t"]
-FAILED_STATUSES = ("error", "timeout", "diverged")
+FAILED_STATUSES = ("error", "timeout", "oom", "diverged")
 #: task parameters never shown in labels (where data live is not what was run)
 HIDDEN_TASK_PARAMS = ("data_dir",)
 

@@ -75,6 +75,20 @@ def _finite(result: SolverResult) -> bool:
     return True
 
 
+def _check_result(result: Any, dim: int) -> None:
+    """Raise with a clear message when a solver's output is not a usable result."""
+    if not isinstance(result, SolverResult):
+        raise TypeError(f"solver returned {type(result).__name__}, not a SolverResult")
+    if result.samples is not None:
+        shape = np.shape(result.samples)
+        if len(shape) != 2 or shape[1] != dim or shape[0] == 0:
+            raise ValueError(f"solver returned samples of shape {shape} for a task of "
+                             f"dimension {dim}; expected (n, {dim})")
+    if result.weights is not None and np.shape(result.weights) != (np.shape(result.samples)[0],):
+        raise ValueError(f"solver returned {np.shape(result.weights)} weights for "
+                         f"{np.shape(result.samples)[0]} particles")
+
+
 def reference_draws(spec: dict, task, reference, t: float, options: dict):
     """The reference's shared draws at ``t``: the same streams for every solver of the grid."""
     from metrics.base import ReferenceDraws
@@ -168,7 +182,13 @@ def execute(spec: dict, options: dict,
         start = time.perf_counter()
         results = solver.run()
         time_run = time.perf_counter() - start
-    except Exception as exc:  # a failing solver is a status row, never a crash
+    except MemoryError as exc:
+        return outcome_rows(spec, options, "oom", f"MemoryError at the run's memory limit: "
+                                                  f"{_describe_exception(exc)}")
+    except BaseException as exc:  # noqa: BLE001 — a failing solver is a status row, never a crash
+        if isinstance(exc, SystemExit):
+            return outcome_rows(spec, options, "error", f"the solver tried to exit the run "
+                                                        f"process (SystemExit: {exc.code})")
         return outcome_rows(spec, options, "error", _describe_exception(exc))
 
     rows, base = [], base_row(spec, options)
@@ -179,6 +199,7 @@ def execute(spec: dict, options: dict,
         try:
             if result is None:
                 raise RuntimeError(f"solver returned no result for t={t}")
+            _check_result(result, task.dim)
             status = "ok" if _finite(result) else "diverged"
             if status == "diverged":
                 error = "non-finite samples"
@@ -189,8 +210,9 @@ def execute(spec: dict, options: dict,
                 values = _evaluate(spec, task, result, t, options)
                 error = ""
             info = json.dumps(result.info, default=str)
-        except Exception as exc:
-            status, error, info = "error", _describe_exception(exc), "{}"
+        except BaseException as exc:  # noqa: BLE001 — a broken result is a status row too
+            status, error, info = ("oom" if isinstance(exc, MemoryError) else "error",
+                                   _describe_exception(exc), "{}")
             values = {name: None for name in spec["metrics"]}
             values.update(reference_error=None, reference_provenance=None)
         row.update(status=status, error=error[:ERROR_CHARS], **values, info=info,

@@ -1,12 +1,22 @@
-"""Running a grid: resume, parallel dispatch, hard timeouts, progress.
+"""Running a grid: resume, parallel dispatch, hard limits, progress.
 
 Every run executes in its own child process forked from a *forkserver* that
 has already imported gfbench (cheap to start, and safe: the server never ran
-any torch/BLAS work before forking). The process that supervises it — the
-main process, a joblib/loky worker or a Dask worker — waits at most
-``timeout`` seconds, then kills it with SIGKILL and records a ``timeout`` row.
-A child that dies on its own (crash, OOM-kill, ``kill -9``) is recorded as
-``error``. Whatever happens, one run's failure never stops the grid.
+any torch/BLAS work before forking). The child leads a process group of its
+own, so everything a solver starts belongs to it. The process that supervises
+it — the main process, a joblib/loky worker or a Dask worker — claims the run
+(so concurrent runners compute it once), waits at most ``timeout`` seconds
+while watching the group's resident memory, and
+
+- kills the whole group at the timeout (a ``timeout`` row), beyond
+  ``max_memory`` (an ``oom`` row) and, to leave nothing behind, after a normal
+  end as well;
+- records an ``error`` row when the child ends without writing its result,
+  whatever its exit code (a crash, ``kill -9``, ``os._exit(0)``).
+
+A supervisor that is killed takes its runs with it: the child's watchdog
+kills its group when the supervisor disappears, and loky workers die with
+the main process. Whatever happens, one run's failure never stops the grid.
 """
 from __future__ import annotations
 
@@ -60,12 +70,12 @@ def _progress_writer(path: str | None) -> Callable[[int, int, str], None]:
     return report
 
 
-def _exit_with_supervisor(pid: int | None, period_s: float = 2.0) -> None:
-    """Exit this run process once its supervisor is gone.
+def _exit_with_supervisor(pid: int | None, period_s: float = 1.0) -> None:
+    """Kill this run's process group once its supervisor is gone.
 
     The run's parent is the forkserver, not the process that waits for it,
-    so a killed runner would otherwise leave the run computing (and writing
-    a row nobody waits for) for as long as it takes.
+    so a killed runner would otherwise leave the run (and whatever it
+    started) computing for as long as it takes.
     """
     def watch() -> None:
         while True:
@@ -73,7 +83,10 @@ def _exit_with_supervisor(pid: int | None, period_s: float = 2.0) -> None:
             try:
                 os.kill(pid, 0)
             except ProcessLookupError:
-                os._exit(3)
+                try:
+                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                finally:
+                    os._exit(3)
             except PermissionError:
                 pass
 
@@ -82,9 +95,12 @@ def _exit_with_supervisor(pid: int | None, period_s: float = 2.0) -> None:
 
 
 def _child_main(spec: dict, out: str, options: dict) -> None:
-    from runners.resources import tune_allocator
+    from runners.resources import limit_memory, tune_allocator
 
+    os.setpgid(0, 0)  # a group of its own: the supervisor kills everything the run starts
     _exit_with_supervisor(options.get("supervisor_pid"))
+    # a backstop below the supervisor's RSS watch: virtual memory, with room for libraries
+    limit_memory(options["max_memory"] + VM_SLACK if options.get("max_memory") else None)
     tune_allocator()
     apply_threads(int(options.get("n_threads", 1)))
     progress_dir = options.get("progress_dir")
@@ -128,40 +144,87 @@ def _start(child) -> None:
                 config["daemon"] = daemon
 
 
+#: virtual address space a run may use beyond its memory limit (shared libraries, arenas)
+VM_SLACK = 4 << 30
+#: how often a supervisor checks its run (memory, claim heartbeat)
+WATCH_PERIOD_S = 0.25
+
+
 def supervise(spec: dict, out: str, options: dict) -> dict:
-    """Run one spec in a child process under a hard timeout; return a summary."""
-    timeout = options.get("timeout")
+    """Run one spec in a child process under hard limits; return a summary."""
+    from runners.resources import die_with_parent, group_rss_bytes, kill_group
+
+    label = f"{spec['solver']} on {spec['task']} {spec['task_params']} seed {spec['seed']}"
+    if os.getpid() != options.get("main_pid"):
+        die_with_parent()  # a pool worker must not outlive a killed runner
+    claim = store.Claim.take(Path(out), spec["run_id"])
+    if claim is None:
+        return {"run_id": spec["run_id"], "status": "claimed", "label": label}
+    try:
+        status = _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim)
+    finally:
+        claim.release()
+    return {"run_id": spec["run_id"], "status": status, "label": label}
+
+
+def _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim) -> str:
+    timeout, max_memory = options.get("timeout"), options.get("max_memory")
     options = {**options, "supervisor_pid": os.getpid()}
     child = _context().Process(target=_child_main, args=(spec, out, options), daemon=False)
     start = time.perf_counter()
     _start(child)
+    outcome, peak, last_beat = None, 0, time.monotonic()
     try:
-        child.join(timeout)
+        while True:
+            child.join(WATCH_PERIOD_S)
+            if not child.is_alive():
+                break
+            elapsed = time.perf_counter() - start
+            if timeout is not None and elapsed > timeout:
+                outcome = ("timeout", f"killed after the {timeout:g} s timeout")
+                break
+            if max_memory:
+                rss = group_rss_bytes(child.pid)
+                peak = max(peak, rss)
+                if rss > max_memory:
+                    outcome = ("oom", f"killed at {rss / 2**20:.0f} MB resident, over its "
+                                      f"{max_memory / 2**20:.0f} MB limit (--max-memory)")
+                    break
+            if time.monotonic() - last_beat > 5.0:
+                claim.heartbeat()
+                last_beat = time.monotonic()
     except BaseException:  # interrupted (Ctrl-C, SIGTERM): the run dies with its supervisor
-        child.kill()
-        child.join()
+        _kill(child, kill_group)
         raise
-    if child.is_alive():
-        child.kill()
-        child.join()
-        rows = outcome_rows(spec, options, "timeout",
-                            f"killed after the {timeout:g} s timeout",
-                            time_run=time.perf_counter() - start)
-        store.write_run(Path(out), spec, rows)
-    elif child.exitcode != 0:
+    _kill(child, kill_group)  # the run's leftovers (a solver's own children) go too
+    path = store.runs_dir(Path(out)) / f"{spec['run_id']}.json"
+    if outcome is not None:
+        store.write_run(Path(out), spec, outcome_rows(
+            spec, options, outcome[0], outcome[1], time_run=time.perf_counter() - start,
+            peak_mem_mb=peak / 2**20 if peak else None))
+    elif store.read_run(path) is None:
         code = child.exitcode
         why = (f"run process killed by signal {signal.Signals(-code).name}" if code < 0
-               else f"run process exited with code {code}")
-        store.write_run(Path(out), spec, outcome_rows(spec, options, "error", why))
+               else f"run process exited with code {code} without writing its result")
+        status = "oom" if code == -signal.SIGKILL and max_memory and peak > 0.9 * max_memory \
+            else "error"
+        store.write_run(Path(out), spec, outcome_rows(spec, options, status, why))
     if options.get("progress_dir"):
         try:
             os.unlink(os.path.join(options["progress_dir"], spec["run_id"]))
         except OSError:
             pass
-    payload = store.read_run(store.runs_dir(Path(out)) / f"{spec['run_id']}.json")
-    status = store.run_status(payload) if payload else "error"
-    return {"run_id": spec["run_id"], "status": status,
-            "label": f"{spec['solver']} on {spec['task']} {spec['task_params']} seed {spec['seed']}"}
+    payload = store.read_run(path)
+    return store.run_status(payload) if payload else "error"
+
+
+def _kill(child, kill_group) -> None:
+    """SIGKILL the run's process group, then reap the run process."""
+    if child.pid:
+        kill_group(child.pid)
+    if child.is_alive():
+        child.kill()
+    child.join()
 
 
 def pending(specs: list[dict], out: Path, retry_failed: bool = True) -> tuple[list[dict], list[Path]]:
@@ -211,7 +274,7 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
     if not specs:
         return counts
     progress_dir = tempfile.mkdtemp(prefix="gfbench-progress-")
-    options = {**options, "progress_dir": progress_dir}
+    options = {**options, "progress_dir": progress_dir, "main_pid": os.getpid()}
     with ExitStack() as stack:
         if backend == "dask":
             from dask.distributed import Client
@@ -237,7 +300,7 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
             for summary in runner(jobs):
                 counts[summary["status"]] += 1
                 bar.update(1)
-                if summary["status"] not in ("ok", "skipped"):
+                if summary["status"] not in ("ok", "skipped", "claimed"):
                     bar.write(f"{summary['status']}: {summary['label']}")
         finally:
             monitor.stop.set()

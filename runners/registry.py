@@ -111,6 +111,8 @@ def get_metric(name: str) -> Metric:
 
 #: packages whose modules are part of a plugin's code (a runner change does not change numbers)
 PROJECT_PACKAGES = ("tasks", "solvers", "metrics", "numerics")
+#: display-only text: class attributes and keyword arguments that produce no number
+DISPLAY_NAMES = ("description", "labels", "label", "requires")
 
 
 def code_hash(obj: Any) -> str:
@@ -171,11 +173,14 @@ def _module_path(name: str) -> Path | None:
 
 @lru_cache(maxsize=None)
 def normalised_source(path: Path | None) -> str:
-    """The code of a source file without comments, docstrings and blank lines.
+    """The code of a source file without comments, docstrings, display text and blank lines.
 
-    Comments are located by :mod:`tokenize` and docstrings by :mod:`ast`
-    (both give the same positions on every Python version), then blanked in
-    the text; what remains is compared line by line, stripped on the right.
+    Comments are located by :mod:`tokenize`; docstrings, and the values of
+    class attributes and keyword arguments named in :data:`DISPLAY_NAMES`
+    (a solver's ``description`` and ``labels``, a metric's ``label``), by
+    :mod:`ast` (both give the same positions on every Python version). They
+    are blanked in the text; what remains is compared line by line, stripped
+    on the right.
     """
     if path is None:
         return ""
@@ -186,6 +191,19 @@ def normalised_source(path: Path | None) -> str:
         if token.type == tokenize.COMMENT:
             spans.append((*token.start, *token.end))
     for node in ast.walk(ast.parse(text)):
+        if isinstance(node, ast.ClassDef):
+            for item in node.body:
+                targets = item.targets if isinstance(item, ast.Assign) else \
+                    [item.target] if isinstance(item, ast.AnnAssign) and item.value else []
+                if any(isinstance(t, ast.Name) and t.id in DISPLAY_NAMES for t in targets):
+                    spans.append((item.lineno, item.col_offset, item.end_lineno,
+                                  item.end_col_offset))
+        if isinstance(node, ast.Call):
+            for keyword in node.keywords:
+                if keyword.arg in DISPLAY_NAMES:
+                    value = keyword.value
+                    spans.append((value.lineno, value.col_offset, value.end_lineno,
+                                  value.end_col_offset))
         if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)):
             body = node.body
             if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant) \

@@ -54,3 +54,115 @@ def limit_memory(max_bytes: int | None) -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = max_bytes if hard == resource.RLIM_INFINITY else min(max_bytes, hard)
     resource.setrlimit(resource.RLIMIT_AS, (limit, hard))
+
+
+# --- the machine -------------------------------------------------------------------------------
+def total_memory_bytes() -> int:
+    """Physical memory of the machine (Linux /proc/meminfo; a sysconf fallback)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def available_memory_bytes() -> int:
+    """Memory the kernel can give without swapping (MemAvailable), or the total."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return total_memory_bytes()
+
+
+#: the smallest memory a run process needs (Python, numpy, torch loaded): the -j cap's unit
+RUN_FLOOR_BYTES = 1 << 30
+#: the share of the machine's memory all concurrent runs may use together by default
+MEMORY_SHARE = 0.8
+
+
+def default_max_memory(n_jobs: int) -> int:
+    """Per-run memory limit: 80 % of the machine's memory split over the concurrent runs."""
+    return max(RUN_FLOOR_BYTES, int(MEMORY_SHARE * total_memory_bytes() / max(1, n_jobs)))
+
+
+def cap_jobs(requested: int, n_runs: int, max_memory: int | None = None) -> tuple[int, str]:
+    """Parallel runs actually used, and why fewer than ``requested`` ('' if not).
+
+    The rule: at most the number of runs to do, the number of cores, and as
+    many runs as the available memory holds at ``max_memory`` (or at the 1 GB
+    a run needs at least) each.
+    """
+    cores = os.cpu_count() or 1
+    per_run = max(RUN_FLOOR_BYTES, max_memory or 0)
+    by_memory = max(1, available_memory_bytes() // per_run)
+    used = max(1, min(requested, max(1, n_runs), cores, by_memory))
+    if used >= requested:
+        return requested, ""
+    limits = {f"{n_runs} run{'s' if n_runs != 1 else ''} to do": max(1, n_runs),
+              f"{cores} cores": cores,
+              f"{available_memory_bytes() / 2**30:.0f} GB available at "
+              f"{per_run / 2**30:.1f} GB a run": by_memory}
+    binding = ", ".join(name for name, value in limits.items() if value == used)
+    return used, f"-j {requested} reduced to {used} ({binding})"
+
+
+# --- process groups ---------------------------------------------------------------------------
+def group_members(pgid: int) -> list[int]:
+    """Pids of the live processes in process group ``pgid`` (Linux /proc scan)."""
+    members = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                stat = handle.read()
+        except OSError:
+            continue
+        # fields after the command name (which may contain spaces): state ppid pgrp ...
+        fields = stat[stat.rfind(")") + 2:].split()
+        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
+            members.append(int(entry))
+    return members
+
+
+def group_rss_bytes(pgid: int) -> int:
+    """Resident memory of every process in group ``pgid``."""
+    page = os.sysconf("SC_PAGE_SIZE")
+    total = 0
+    for pid in group_members(pgid):
+        try:
+            with open(f"/proc/{pid}/statm") as handle:
+                total += int(handle.read().split()[1]) * page
+        except (OSError, ValueError, IndexError):
+            continue
+    return total
+
+
+def kill_group(pgid: int) -> None:
+    """SIGKILL every process of group ``pgid`` (none left is fine)."""
+    import signal
+
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; else a no-op)."""
+    import signal
+
+    name = ctypes.util.find_library("c")
+    if not name or os.uname().sysname != "Linux":
+        return
+    try:
+        ctypes.CDLL(name).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+    except (OSError, AttributeError):
+        pass

@@ -16,7 +16,9 @@ import hashlib
 import json
 import math
 import os
+import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -25,8 +27,9 @@ import pandas as pd
 FORMAT = 1
 #: statuses of a finished run (not retried on resume)
 FINAL = ("ok", "skipped", "diverged")
-#: statuses of a failed run (retried on resume unless told not to)
-FAILED = ("error", "timeout")
+#: statuses of a failed run (retried on resume unless told not to); ``oom``: killed at
+#: its memory limit
+FAILED = ("error", "timeout", "oom")
 STATUSES = FINAL + FAILED
 
 
@@ -72,11 +75,16 @@ def _checksum(spec: dict, rows: list[dict]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def _temp_prefix(path: Path) -> str:
+    """Temporary files carry their writer's pid, so a later run can tell stale ones."""
+    return f".{path.name}.{os.getpid()}."
+
+
 def atomic_write_text(path: Path, text: str) -> None:
     """Write ``text`` to ``path`` through a temporary file and a rename."""
     path = Path(path)
     try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
     except OSError as exc:
         raise StoreError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
     try:
@@ -96,16 +104,21 @@ def atomic_write_text(path: Path, text: str) -> None:
 def atomic_write_bytes(path: Path, writer) -> None:
     """Call ``writer(tmp_path)`` then rename onto ``path`` (for parquet, PNG...)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path), suffix=".tmp")
+    except OSError as exc:
+        raise StoreError(f"cannot write in {path.parent}: {exc.strerror or exc}") from None
     os.close(fd)
     try:
         writer(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         try:
             os.unlink(tmp)
         except OSError:
             pass
+        if isinstance(exc, OSError):
+            raise StoreError(f"cannot write {path}: {exc.strerror or exc}") from None
         raise
 
 
@@ -157,7 +170,7 @@ def scan(out: Path) -> tuple[dict[str, dict], list[Path]]:
     directory = runs_dir(out)
     if not directory.is_dir():
         return valid, corrupt
-    for path in sorted(directory.glob("*.json")):
+    for path in sorted(directory.glob("*.json")):  # hidden temp and claim files excluded
         payload = read_run(path)
         if payload is None:
             corrupt.append(path)
@@ -169,7 +182,7 @@ def scan(out: Path) -> tuple[dict[str, dict], list[Path]]:
 def run_status(payload: dict) -> str:
     """One status for a whole run: the worst of its rows."""
     statuses = {row["status"] for row in payload["rows"]}
-    for status in ("error", "timeout", "diverged"):
+    for status in ("error", "timeout", "oom", "diverged"):
         if status in statuses:
             return status
     return "skipped" if statuses == {"skipped"} else "ok"
@@ -222,3 +235,102 @@ def note_for(notes: Any, metric: str) -> str:
     except ValueError:
         return ""
     return str(parsed.get(metric, "")) if isinstance(parsed, dict) else ""
+
+
+# --- leftovers and claims ------------------------------------------------------------------
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_temp(directory: Path) -> list[Path]:
+    """Remove temporary files left by writers that died (kill -9), recursively.
+
+    A temporary file is ``.<name>.<pid>.<random>.tmp``; it is stale when that
+    pid is not alive on this host. Files of live writers are left alone.
+    """
+    removed = []
+    directory = Path(directory)
+    if not directory.is_dir():
+        return removed
+    for path in directory.rglob(".*.tmp"):
+        parts = path.name.split(".")
+        pid = next((int(p) for p in reversed(parts[:-2]) if p.isdigit()), None)
+        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+            continue
+        try:
+            path.unlink()
+            removed.append(path)
+        except OSError:
+            pass
+    return removed
+
+
+#: a claim not refreshed for this long belongs to a runner that is gone (other hosts)
+CLAIM_STALE_S = 120.0
+
+
+class Claim:
+    """A runner's claim on one run: ``runs/.<run_id>.claim``, created exclusively.
+
+    Several runners on one results directory (other shells, Dask workers on
+    other hosts) each compute a run only after claiming it; a claim whose
+    owner is dead (same host: its pid is gone; other host: not refreshed for
+    :data:`CLAIM_STALE_S` seconds) is taken over.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    @classmethod
+    def take(cls, out: Path, run_id: str) -> "Claim | None":
+        """Claim the run, or None when a live runner holds it."""
+        path = runs_dir(out) / f".{run_id}.claim"
+        owner = {"pid": os.getpid(), "host": socket.gethostname()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            except FileExistsError:
+                if not _claim_is_stale(path):
+                    return None
+                try:
+                    path.unlink()
+                except FileNotFoundError:
+                    pass
+                continue
+            except OSError:
+                return cls(path)  # claims are a courtesy: an unwritable one does not stop a run
+            with os.fdopen(fd, "w") as handle:
+                json.dump(owner, handle)
+            return cls(path)
+        return None
+
+    def heartbeat(self) -> None:
+        try:
+            os.utime(self.path)
+        except OSError:
+            pass
+
+    def release(self) -> None:
+        try:
+            self.path.unlink()
+        except OSError:
+            pass
+
+
+def _claim_is_stale(path: Path) -> bool:
+    try:
+        owner = json.loads(path.read_text())
+        age = time.time() - path.stat().st_mtime
+    except (OSError, ValueError):
+        return True
+    if not isinstance(owner, dict):
+        return True
+    if owner.get("host") == socket.gethostname():
+        return not _pid_alive(int(owner.get("pid", -1)))
+    return age > CLAIM_STALE_S

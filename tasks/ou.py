@@ -23,8 +23,6 @@ from __future__ import annotations
 from functools import lru_cache
 
 import numpy as np
-from sklearn.datasets import make_spd_matrix
-
 from tasks.base import Reference, Task, gaussian_log_density, gaussian_sampler
 
 
@@ -42,6 +40,8 @@ class OrnsteinUhlenbeck(Task):
         self.validate_params({"dim": dim})
         self.dim = int(dim)
         self.beta = 1.0
+        from sklearn.datasets import make_spd_matrix  # heavy: imported when a task is built
+
         rng = np.random.default_rng(seed)
         spd = make_spd_matrix(self.dim, random_state=int(rng.integers(2**31 - 1)))
         self.A = np.linalg.inv(spd)

@@ -42,7 +42,6 @@ every D, so those are reachable by a solver that follows the flow.
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import logsumexp
 
 from tasks.base import Reference, Task
 
@@ -72,6 +71,8 @@ def mixture_symkl_gap(weights: np.ndarray, centres: np.ndarray, rng: np.random.G
     w = w / w.sum()
 
     def log_weighted(x):
+        from scipy.special import logsumexp  # heavy: imported on use
+
         sq = (np.sum(x * x, axis=1)[:, None] - 2.0 * x @ centres.T
               + np.sum(centres * centres, axis=1)[None, :])
         return logsumexp(-0.5 * sq + np.log(w)[None, :], axis=1) - 0.5 * d * LOG_2PI
@@ -106,6 +107,8 @@ def mixture_log_density(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     x : ndarray (n, d) float64
     centres : ndarray (m, d) float64
     """
+    from scipy.special import logsumexp  # heavy: imported on use
+
     sq = (np.sum(x * x, axis=1)[:, None] - 2.0 * x @ centres.T
           + np.sum(centres * centres, axis=1)[None, :])  # (n, m)
     m, d = centres.shape
@@ -114,6 +117,8 @@ def mixture_log_density(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
 
 def mixture_responsibilities(x: np.ndarray, centres: np.ndarray) -> np.ndarray:
     """Posterior component probabilities ``(n, m)`` at ``x (n, d)``."""
+    from scipy.special import logsumexp  # heavy: imported on use
+
     sq = (np.sum(x * x, axis=1)[:, None] - 2.0 * x @ centres.T
           + np.sum(centres * centres, axis=1)[None, :])
     logits = -0.5 * sq
