@@ -26,26 +26,31 @@ HIDDEN_TASK_PARAMS = ("data_dir",)
 
 def metric_columns(frame: pd.DataFrame) -> list[str]:
     """Registered metric names that have at least one non-NaN value in ``frame``."""
-    names = [name for name in registry.metrics() if name in frame.columns]
+    names = [name for name in registry.index()["metrics"] if name in frame.columns]
     return [name for name in names if pd.to_numeric(frame[name], errors="coerce").notna().any()]
 
 
 def lower_is_better(metric: str) -> bool:
     """Direction of ``metric`` (unknown columns such as timings: lower is better)."""
-    known = registry.metrics()
-    return known[metric].lower_is_better if metric in known else True
+    info = registry.metric_info(metric)
+    return info["lower_is_better"] if info else True
 
 
 def metric_title(metric: str) -> str:
     """A metric's name in words ("energy distance"); the column name when unknown."""
-    known = registry.metrics()
-    return known[metric].title if metric in known else metric
+    info = registry.metric_info(metric)
+    return info["label"] if info else metric
 
 
 def metric_lower_bound(metric: str) -> float | None:
     """The best value ``metric`` can take (0 for divergences), if it has one."""
-    known = registry.metrics()
-    return known[metric].lower_bound if metric in known else None
+    info = registry.metric_info(metric)
+    return info["lower_bound"] if info else None
+
+
+def task_info(task: str) -> dict:
+    """A built-in task's index entry ({} for a plugin task)."""
+    return registry.index()["tasks"].get(task, {})
 
 
 # --- labels ----------------------------------------------------------------------------
@@ -57,8 +62,7 @@ def varying_params(frame: pd.DataFrame, prefix: str, hidden: Iterable[str] = ())
 
 
 def _short_names(solver: str) -> dict[str, str]:
-    cls = registry.solvers().get(solver)
-    return dict(getattr(cls, "labels", {}) or {})
+    return dict(registry.index()["solvers"].get(solver, {}).get("labels", {}))
 
 
 def solver_labels(frame: pd.DataFrame) -> pd.Series:
@@ -91,8 +95,7 @@ def group_labels(frame: pd.DataFrame) -> pd.Series:
     """
     labels = pd.Series(index=frame.index, dtype=object)
     for task, part in frame.groupby("task", sort=True):
-        task_cls = registry.tasks().get(task)
-        hidden = tuple(getattr(task_cls, "replicate_parameters", ())) + HIDDEN_TASK_PARAMS
+        hidden = tuple(task_info(task).get("replicate_parameters", ())) + HIDDEN_TASK_PARAMS
         keys = varying_params(part.dropna(axis=1, how="all"), "task", hidden)
         if not keys:
             labels[part.index] = "all"
@@ -106,8 +109,7 @@ def replicate_keys(frame: pd.DataFrame) -> pd.Series:
     """One key per replicate of a configuration: the seed and any replicate parameters."""
     keys = pd.Series("seed=" + frame["seed"].astype(str), index=frame.index)
     for task, part in frame.groupby("task", sort=False):
-        task_cls = registry.tasks().get(task)
-        for name in getattr(task_cls, "replicate_parameters", ()):
+        for name in task_info(task).get("replicate_parameters", ()):
             column = f"task.{name}"
             if column in part:
                 keys[part.index] = keys[part.index] + f",{name}=" + part[column].astype(str)

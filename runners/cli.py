@@ -22,47 +22,126 @@ class _Parser(argparse.ArgumentParser):
     """argparse that reports bad usage as one line and exit code 2."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        raise BadInput(f"{message} (see 'gfbench {self.prog.split()[-1]} --help')")
+        command = self.prog.split()[-1]
+        where = "gfbench --help" if command == "gfbench" else f"gfbench {command} --help"
+        raise BadInput(f"{message} (see '{where}')")
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Wider help, descriptions and epilogs printed as written."""
+
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, max_help_position=30, width=100)
+
+
+MAIN_EPILOG = """examples:
+  gfbench run --profile quick --out gfbench-results
+  gfbench run --task ou --solver em --solver exact -P ou.dim=1..4 --seeds 3
+  gfbench leaderboard gfbench-results
+  gfbench compare results/baseline-smoke gfbench-results
+
+exit codes: 0 ok; 1 some run failed, or compare found a regression; 2 bad input
+(one line on stderr, nothing written). 'gfbench COMMAND --help' for each command."""
+
+RUN_DESCRIPTION = """Run every (task configuration, solver configuration, seed) of a grid, each run in
+its own process under hard limits, and write one file per run, results.csv/.parquet and a
+report into the results directory. Rerunning the same command resumes: finished runs are
+kept, failed ones retried. The grid comes from --profile or from --task/--solver/-P; with
+--task and no --solver every solver is selected (those that cannot run the task give
+'skipped' rows) -- check with --dry-run, which prints the runs per solver and an estimate of
+the wall time from the committed results' timings."""
+
+RUN_EPILOG = """examples:
+  gfbench run --profile quick --out gfbench-results            # the README's default run
+  gfbench run --task ou --solver em --solver exact -P ou.dim=1..4 \\
+              -P em.n_particles=1000,10000 --times 0.5,0.9 --seeds 3 -j 2 --out my-results
+  gfbench run --profile standard --dry-run                     # what it runs, how long
+
+long grids: a grid estimated above one hour asks for confirmation on a terminal unless
+--yes is given; without a terminal (scripts, CI, nohup) it prints the estimate and proceeds.
+limits: -j is capped at the runs to do, the cores and the memory (--max-memory each); a run
+past --timeout or --max-memory is killed with its whole process tree (status timeout / oom)."""
 
 
 def _build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="gfbench", description="Benchmark of Wasserstein gradient flow solvers")
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    parser = _Parser(prog="gfbench", formatter_class=_Help, epilog=MAIN_EPILOG,
+                     description="gfbench: a benchmark of solvers for Wasserstein gradient flows "
+                                 "(Fokker-Planck equations).")
+    sub = parser.add_subparsers(dest="command", parser_class=_Parser, metavar="COMMAND")
 
-    sub.add_parser("list", help="tasks, solvers, metrics and profiles")
+    sub.add_parser("list", help="tasks, solvers, metrics and profiles", formatter_class=_Help,
+                   description="List the tasks, solvers (capabilities, default parameter grids), "
+                               "metrics (default ones marked *) and built-in profiles with "
+                               "their estimated wall time on 2 cores.")
 
-    run = sub.add_parser("run", help="run a grid of (task, solver, seed)")
-    run.add_argument("--profile", help="built-in profile name or a TOML/YAML file")
-    run.add_argument("--task", action="append", default=[], help="task name (repeatable)")
-    run.add_argument("--solver", action="append", default=[], help="solver name (repeatable)")
-    run.add_argument("--param", "-P", action="append", default=[], metavar="NAME.KEY=V1,V2",
-                     help="parameter grid of a task or solver, e.g. ou.dim=1..4, em.n_particles=1000")
-    run.add_argument("--times", help="evaluation times, e.g. 0.5,0.9 (all selected tasks)")
-    run.add_argument("--seeds", help="N (seeds 0..N-1), a list 0,3 or a range 0..4")
-    run.add_argument("--metrics", help="comma-separated metric names (default: all)")
-    run.add_argument("-j", "--jobs", type=int, help="parallel runs (default 1)")
-    run.add_argument("--timeout", type=float, help="hard time limit per run, seconds")
-    run.add_argument("--threads", type=int, help="threads per run (default cores / jobs)")
-    run.add_argument("--device", choices=["cpu", "cuda"], help="device for GPU-capable solvers")
-    run.add_argument("--backend", choices=["loky", "dask", "ray"], help="parallel backend")
-    run.add_argument("--scheduler", help="Dask scheduler address (with --backend dask)")
-    run.add_argument("--out", default=None, help=f"results directory (default {DEFAULT_OUT})")
-    run.add_argument("--no-retry", action="store_true", help="do not rerun failed runs on resume")
-    run.add_argument("--no-report", action="store_true", help="skip writing the report")
-    run.add_argument("--dry-run", action="store_true", help="print the grid and exit")
-    run.add_argument("--quiet", action="store_true", help="no progress bar")
+    run = sub.add_parser("run", help="run a grid of (task, solver, seed)", formatter_class=_Help,
+                         description=RUN_DESCRIPTION, epilog=RUN_EPILOG)
+    grid = run.add_argument_group("what to run")
+    grid.add_argument("--profile", help="built-in profile (see 'gfbench list') or a TOML/YAML "
+                                        "file; --task/--solver then select within it")
+    grid.add_argument("--task", action="append", default=[], help="task name (repeatable)")
+    grid.add_argument("--solver", action="append", default=[],
+                      help="solver name or plugin path module:Class (repeatable; default: all)")
+    grid.add_argument("--param", "-P", action="append", default=[], metavar="NAME.KEY=V1,V2",
+                      help="parameter grid of a task or solver: ou.dim=1..4, em.n_particles=1000")
+    grid.add_argument("--times", help="evaluation times, e.g. 0.5,0.9 (default: each task's)")
+    grid.add_argument("--seeds", help="N (seeds 0..N-1), a list 0,3 or a range 0..4 "
+                                      "(default: the profile's, else 1)")
+    grid.add_argument("--metrics", help="comma-separated metric names (default: the metrics "
+                                        "marked * in 'gfbench list', or the profile's)")
+    how = run.add_argument_group("how to run it")
+    how.add_argument("-j", "--jobs", type=int, help="parallel runs (default: the profile's, "
+                                                   "else 1; capped, see below)")
+    how.add_argument("--threads", type=int,
+                     help="threads per run (default 1: measured fastest on this 2-core machine, "
+                          "idle and busy alike; see the README)")
+    how.add_argument("--timeout", type=float, help="seconds a run may take before it is killed "
+                                                   "(default: the profile's, else none)")
+    how.add_argument("--max-memory", metavar="SIZE",
+                     help="resident memory a run (with its children) may use, e.g. 4G or 512M "
+                          "(default: 80%% of the machine's memory divided by -j)")
+    how.add_argument("--device", choices=["cpu", "cuda"],
+                     help="device for GPU-capable solvers (default cpu)")
+    how.add_argument("--backend", choices=["loky", "dask", "ray"],
+                     help="parallel backend (default loky: local processes)")
+    how.add_argument("--scheduler", help="Dask scheduler address (with --backend dask)")
+    out = run.add_argument_group("output")
+    out.add_argument("--out", default=None, help=f"results directory (default {DEFAULT_OUT})")
+    out.add_argument("--no-retry", action="store_true",
+                     help="keep failed runs on resume instead of retrying them")
+    out.add_argument("--no-report", action="store_true", help="do not write the report")
+    out.add_argument("--dry-run", action="store_true",
+                     help="print the runs per solver and the estimated time, run nothing")
+    out.add_argument("--yes", "-y", action="store_true",
+                     help="do not ask before a grid estimated above one hour")
+    out.add_argument("--quiet", action="store_true", help="no progress output")
 
-    report = sub.add_parser("report", help="tables and figures from a results directory")
+    report = sub.add_parser("report", help="tables and figures from results directories",
+                            formatter_class=_Help,
+                            description="Write report.md, a self-contained report.html and "
+                                        "figures/ from one or several results directories.",
+                            epilog="example:\n  gfbench report results/standard")
     report.add_argument("results", nargs="+", help="results directory (several are merged)")
     report.add_argument("--out", help="report directory (default RESULTS/report)")
 
-    board = sub.add_parser("leaderboard", help="rank solvers per (task, dim)")
-    board.add_argument("results", nargs="+")
+    board = sub.add_parser("leaderboard", help="rank solvers per task, metric and group",
+                           formatter_class=_Help,
+                           description="Rank solver configurations per task, ranking metric and "
+                                       "dimension / data set, with ties where the difference is "
+                                       "within noise; write leaderboard.md and leaderboard.csv.",
+                           epilog="example:\n  gfbench leaderboard results/standard --out results")
+    board.add_argument("results", nargs="+", help="results directory (several are merged)")
     board.add_argument("--out", help="directory for leaderboard.md/.csv (default RESULTS)")
-    board.add_argument("--metric", help="rank by this metric instead of each task's primary one")
+    board.add_argument("--metric", help="rank every task by this metric instead of its own")
 
     prune = sub.add_parser("prune", help="list (or --delete) run files that belong to none "
-                                         "of the given profiles' grids (stale after code edits)")
+                                         "of the given profiles' grids (stale after code edits)",
+                           formatter_class=_Help,
+                           description="A run id hashes the code that produced it, so an edit "
+                                       "leaves stale run files; list those no given profile "
+                                       "produces any more, or delete them.",
+                           epilog="example:\n  gfbench prune results/standard --profile "
+                                  "standard --profile blr --delete")
     prune.add_argument("results", help="results directory")
     prune.add_argument("--profile", action="append", required=True,
                        help="a profile whose runs are kept (repeatable)")
@@ -70,8 +149,7 @@ def _build_parser() -> argparse.ArgumentParser:
                        help="delete the stale files and re-export results.csv/.parquet")
 
     compare = sub.add_parser(
-        "compare", help="regression check of NEW against BASELINE",
-        formatter_class=argparse.RawDescriptionHelpFormatter,
+        "compare", help="regression check of NEW against BASELINE", formatter_class=_Help,
         description="Regression gate: match configurations (task, task config, solver, solver "
                     "config, t), pair runs over seeds, and judge every metric.",
         epilog="""verdicts:
@@ -87,7 +165,10 @@ def _build_parser() -> argparse.ArgumentParser:
 exit codes:
   0  something was compared and nothing regressed
   1  worse, new failure, missing (unless --allow-missing), or corrupt run files
-  2  bad input, or nothing to compare (no shared configuration, no comparable metric)""")
+  2  bad input, or nothing to compare (no shared configuration, no comparable metric)
+
+example:
+  gfbench compare results/baseline-smoke my-results --out comparison.csv""")
     compare.add_argument("baseline", help="results directory of the reference run")
     compare.add_argument("new", help="results directory to judge")
     compare.add_argument("--rtol", type=float, default=None,
@@ -139,7 +220,7 @@ def _config_from_args(args) -> RunConfig:
     else:
         if not args.task:
             raise BadInput("name at least one --task (or use --profile); see 'gfbench list'")
-        solvers = args.solver or list(registry.solvers())
+        solvers = args.solver or list(registry.index()["solvers"])
         config = RunConfig(blocks=[GridBlock({t: {} for t in args.task}, {s: {} for s in solvers})])
     _apply_params(config, args.param)
     if args.times:
@@ -153,6 +234,8 @@ def _config_from_args(args) -> RunConfig:
             block.seeds = None
     if args.metrics:
         config.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+    if args.max_memory is not None:
+        config.max_memory = parse_size(args.max_memory)
     for attr, value in (("n_jobs", args.jobs), ("timeout", args.timeout), ("device", args.device),
                         ("backend", args.backend), ("scheduler", args.scheduler),
                         ("n_threads", args.threads)):
@@ -164,9 +247,21 @@ def _config_from_args(args) -> RunConfig:
     return config
 
 
-def _validate_run_options(config: RunConfig) -> None:
-    import torch
+def parse_size(text: str | int) -> int:
+    """``4G``, ``512M``, ``1.5GB`` or a number of bytes -> bytes (BadInput otherwise)."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    raw = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    unit = raw[-1] if raw and raw[-1] in units else ""
+    try:
+        value = float(raw[:-1] if unit else raw) * units[unit]
+    except ValueError:
+        raise BadInput(f"bad memory size {text!r}: expected e.g. 4G, 512M or bytes") from None
+    if not value >= 2**27 or value != value or value > 2**50:
+        raise BadInput(f"memory size {text!r} must be at least 128M")
+    return int(value)
 
+
+def _validate_run_options(config: RunConfig) -> None:
     if config.n_jobs is None or config.n_jobs < 1:
         raise BadInput(f"-j/--jobs must be >= 1, got {config.n_jobs}")
     if config.timeout is not None and not config.timeout > 0:
@@ -175,8 +270,12 @@ def _validate_run_options(config: RunConfig) -> None:
         raise BadInput(f"--threads must be >= 1, got {config.n_threads}")
     if config.device not in ("cpu", "cuda"):
         raise BadInput(f"device must be cpu or cuda, got {config.device!r}")
-    if config.device == "cuda" and not torch.cuda.is_available():
-        raise BadInput("--device cuda was asked for but torch sees no CUDA device on this host")
+    if config.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise BadInput("--device cuda was asked for but torch sees no CUDA device on this "
+                           "host")
     if config.backend not in ("loky", "dask", "ray"):
         raise BadInput(f"backend must be loky, dask or ray, got {config.backend!r}")
     if config.backend == "ray":
@@ -190,13 +289,25 @@ def _validate_run_options(config: RunConfig) -> None:
             import dask.distributed  # noqa: F401
         except ImportError:
             raise BadInput("--backend dask needs: pip install 'gfbench[dask]'") from None
+    if config.scheduler and config.backend != "dask":
+        raise BadInput("--scheduler is for --backend dask")
 
 
-def check_writable(out: Path) -> None:
-    """Fail with :class:`BadInput` unless ``out`` can be created and written."""
+def check_writable(out: Path, files: tuple[str, ...] = ()) -> None:
+    """Fail with :class:`BadInput` unless ``out`` can be created and written.
+
+    ``files`` are paths inside ``out`` (``runs``, ``results.csv`` ...) that must
+    not be something else already (a file where a directory goes, or the reverse).
+    """
     out = Path(out).absolute()
     if out.exists() and not out.is_dir():
         raise BadInput(f"results directory {str(out)!r} exists and is not a directory")
+    for name in files:
+        path = out / name
+        want_dir = "." not in name
+        if path.exists() and path.is_dir() != want_dir:
+            raise BadInput(f"{str(path)!r} exists and is not a "
+                           f"{'directory' if want_dir else 'file'}")
     probe = out
     while not probe.exists():
         probe = probe.parent
@@ -211,60 +322,128 @@ def check_writable(out: Path) -> None:
                        f"{exc.strerror or exc}") from None
 
 
-def cmd_run(args) -> int:
-    import torch
+RESULT_FILES = ("runs", "results.csv", "results.parquet", "timings.csv")
 
-    from runners import parallel, store
+
+def _check_scheduler(address: str) -> None:
+    """Connect to a Dask scheduler once, before anything is written (BadInput if it fails)."""
+    from dask.distributed import Client
+
+    try:
+        Client(address, timeout=3).close()
+    except (OSError, TimeoutError) as exc:
+        raise BadInput(f"cannot reach the Dask scheduler at {address}: "
+                       f"{str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+
+
+def _confirm_long_grid(estimate, n_jobs: int, yes: bool) -> None:
+    """Above one hour: ask on a terminal (unless --yes); elsewhere say it and go on."""
+    from runners.estimate import format_duration
+
+    wall = estimate.wall(n_jobs)
+    if wall <= 3600 or yes:
+        return
+    line = (f"gfbench: this grid is estimated at {format_duration(wall)} at -j {n_jobs} "
+            f"({estimate.runs} runs" + (f", {estimate.unknown} of unknown time)" if
+                                        estimate.unknown else ")"))
+    print(line, file=sys.stderr)
+    if not (sys.stdin.isatty() and sys.stderr.isatty()):
+        return
+    try:
+        answer = input("Run it? [y/N] ")
+    except EOFError:
+        answer = ""
+    if answer.strip().lower() not in ("y", "yes"):
+        raise BadInput("not confirmed (pass --yes to run long grids without asking)")
+
+
+def cmd_run(args) -> int:
+    from runners import parallel, resources, store
+    from runners.estimate import estimate_specs
+    from runners.grid import count_runs
     from runners.provenance import provenance
 
     config = _config_from_args(args)
+    if args.dry_run and count_runs(config) > 10_000:
+        print(f"{count_runs(config):,} runs (listing only the count above 10,000)")
     specs = expand(config)
     if not specs:
         raise BadInput("the selection is empty: no (task, solver) pair to run")
+    if not args.profile and not args.solver:
+        print(f"gfbench: no --solver given: every solver ({len(config.blocks[0].solvers)}); "
+              "those that cannot run a task give 'skipped' rows", file=sys.stderr)
+    if not args.dry_run and config.backend == "loky" and config.n_jobs == 1:
+        parallel.warm_up(parallel.preload_modules(specs))  # imports overlap what follows
+    estimate = estimate_specs(specs)
     if args.dry_run:
-        for spec in specs:
-            print(spec["run_id"], spec["task"], spec["task_params"], spec["solver"],
-                  spec["solver_params"], "seed", spec["seed"], "t", spec["times"])
-        print(f"{len(specs)} runs")
+        if len(specs) <= 10_000:
+            for spec in specs:
+                print(spec["run_id"], spec["task"], spec["task_params"], spec["solver"],
+                      spec["solver_params"], "seed", spec["seed"], "t", spec["times"])
+        print("\n".join(estimate.lines(config.n_jobs)))
         return EXIT_OK
     out = Path(args.out or DEFAULT_OUT)
-    check_writable(out)
+    check_writable(out, RESULT_FILES)
+    if config.backend == "dask" and config.scheduler:
+        _check_scheduler(config.scheduler)
+    _confirm_long_grid(estimate, config.n_jobs, args.yes)
     store.runs_dir(out).mkdir(parents=True, exist_ok=True)
+    store.clean_stale_temp(out)
 
     todo, corrupt = parallel.pending(specs, out, config.retry_failed)
     for path in corrupt:
         print(f"gfbench: warning: corrupt run file {path} will be redone", file=sys.stderr)
-    n_threads = config.n_threads or max(1, (os.cpu_count() or 1) // config.n_jobs)
+    max_memory = config.max_memory or resources.default_max_memory(config.n_jobs)
+    n_jobs, why = resources.cap_jobs(config.n_jobs, len(todo), max_memory) \
+        if config.backend == "loky" else (config.n_jobs, "")
+    if why:
+        print(f"gfbench: {why}", file=sys.stderr)
+    n_threads = config.n_threads or 1
     options = {"timeout": config.timeout, "n_threads": n_threads, "device": config.device,
-               "n_gpus": torch.cuda.device_count() if config.device == "cuda" else 0,
-               "provenance": provenance()}
+               "n_gpus": _cuda_count() if config.device == "cuda" else 0,
+               "max_memory": max_memory, "provenance": provenance(config.device),
+               "preload": parallel.preload_modules(specs)}
     print(f"gfbench: {len(specs)} runs, {len(specs) - len(todo)} already done, "
-          f"{len(todo)} to run with -j {config.n_jobs} ({n_threads} threads each) -> {out}",
-          file=sys.stderr)
+          f"{len(todo)} to run with -j {n_jobs} ({n_threads} thread{'s' * (n_threads > 1)} "
+          f"and {max_memory / 2**30:.1f} GB each) -> {out}", file=sys.stderr)
     try:
-        parallel.dispatch(todo, out, options, n_jobs=config.n_jobs, backend=config.backend,
+        parallel.dispatch(todo, out, options, n_jobs=n_jobs, backend=config.backend,
                           scheduler=config.scheduler, show_progress=not args.quiet)
         frame = store.export(out)
     except store.StoreError as exc:
         raise BadInput(str(exc)) from None
     ids = {s["run_id"] for s in specs}
-    selected = frame[frame["run_id"].isin(ids)]
-    statuses = selected.drop_duplicates("run_id")["run_id"].map(
-        selected.groupby("run_id")["status"].agg(lambda s: _worst(set(s))))
-    counts = statuses.value_counts().to_dict()
-    print("gfbench: runs by status: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())),
+    selected = frame[frame["run_id"].isin(ids)] if not frame.empty else frame
+    statuses = selected.groupby("run_id")["status"].agg(lambda s: _worst(set(s))) \
+        if not selected.empty else None
+    status_counts = statuses.value_counts().to_dict() if statuses is not None else {}
+    missing = len(ids) - (len(statuses) if statuses is not None else 0)
+    if missing > 0:
+        status_counts["missing"] = missing
+    print("gfbench: runs by status: " + ", ".join(f"{k} {v}" for k, v in
+                                                  sorted(status_counts.items())),
           file=sys.stderr)
     if not args.no_report:
         from runners.report import write_report
 
-        paths = write_report([out], out / "report")
+        try:
+            paths = write_report([out], out / "report")
+        except (store.StoreError, OSError) as exc:
+            raise BadInput(f"cannot write the report: {getattr(exc, 'strerror', None) or exc}") \
+                from None
         print(f"gfbench: report -> {paths['markdown']} and {paths['html']}", file=sys.stderr)
-    failed = sum(v for k, v in counts.items() if k not in ("ok", "skipped"))
+    failed = sum(v for k, v in status_counts.items() if k not in ("ok", "skipped"))
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def _cuda_count() -> int:
+    import torch
+
+    return torch.cuda.device_count()
+
+
 def _worst(statuses: set[str]) -> str:
-    for status in ("error", "timeout", "diverged"):
+    for status in ("error", "timeout", "oom", "diverged"):
         if status in statuses:
             return status
     return "skipped" if statuses == {"skipped"} else "ok"
@@ -273,24 +452,35 @@ def _worst(statuses: set[str]) -> str:
 # ---------------------------------------------------------------- other ----
 def cmd_list(args) -> int:
     from runners import registry
-    from runners.profiles import builtin_profiles
+    from runners.estimate import estimate_profile, load_timings
+    from runners.profiles import builtin_profiles, read_profile
 
+    index = registry.index()
     print("TASKS")
-    for name, cls in registry.tasks().items():
-        grid = ", ".join(f"{k}={_short(v)}" for k, v in cls.parameters.items())
-        print(f"  {name:18s} v{cls.version}  {cls.description}\n{'':22s}params: {grid}; "
-              f"times: {_short(list(cls.default_times))}")
+    for name, task in index["tasks"].items():
+        grid = ", ".join(f"{k}={_short(v)}" for k, v in task["parameters"].items())
+        bounds = "; ".join(f"{k} in [{lo:g}, {hi:g}]" for k, (lo, hi) in task["bounds"].items())
+        print(f"  {name:18s} v{task['version']}  {task['description']}\n{'':22s}params: {grid}; "
+              f"times: {_short(task['default_times'])}" + (f"; {bounds}" if bounds else "")
+              + f"\n{'':22s}ranked by: {', '.join(task['rankings'])}")
     print("SOLVERS")
-    for name, cls in registry.solvers().items():
-        grid = ", ".join(f"{k}={_short(v)}" for k, v in cls.parameters.items())
-        caps = ",".join(sorted(cls.capabilities))
-        print(f"  {name:18s} v{cls.version}  [{caps}] {cls.description}\n{'':22s}params: {grid}")
-    print("METRICS")
-    for name, metric in registry.metrics().items():
-        print(f"  {name:18s} v{metric.version}  {metric.description}")
-    print("PROFILES")
-    for name in builtin_profiles():
-        print(f"  {name}")
+    for name, solver in index["solvers"].items():
+        grid = ", ".join(f"{k}={_short(v)}" for k, v in solver["parameters"].items())
+        caps = ",".join(solver["capabilities"])
+        print(f"  {name:18s} v{solver['version']}  [{caps}] {solver['description']}\n"
+              f"{'':22s}params: {grid}")
+    print("METRICS (* computed by default; the others when a profile or --metrics asks)")
+    for name, metric in index["metrics"].items():
+        mark = "*" if metric["default"] else " "
+        print(f"{mark} {name:18s} v{metric['version']}  {metric['description']}")
+    print("PROFILES (estimated wall time from the committed results' timings)")
+    timings = load_timings()
+    for name, path in builtin_profiles().items():
+        data = read_profile(str(path))
+        jobs = int((data.get("run", {}) or {}).get("n_jobs", 1))
+        estimate = estimate_profile(data, index, timings)
+        print(f"  {name:18s} {estimate.runs} runs, {estimate.summary(jobs)}\n"
+              f"{'':22s}{data.get('description', '')}")
     return EXIT_OK
 
 
@@ -330,7 +520,14 @@ def cmd_report(args) -> int:
     out = Path(args.out) if args.out else dirs[0] / "report"
     check_writable(out)
     frame, corrupt = _load_and_warn(dirs)
-    paths = write_report(dirs, out, frame=frame, corrupt=corrupt)
+    from runners import store
+
+    store.clean_stale_temp(out)
+    try:
+        paths = write_report(dirs, out, frame=frame, corrupt=corrupt)
+    except (store.StoreError, OSError) as exc:
+        raise BadInput(f"cannot write the report: {getattr(exc, 'strerror', None) or exc}") \
+            from None
     print(f"gfbench: report -> {paths['markdown']} and {paths['html']}")
     return EXIT_OK
 
@@ -365,9 +562,16 @@ def cmd_leaderboard(args) -> int:
     check_writable(out)
     from runners import registry
 
-    if args.metric and args.metric not in registry.metrics():
-        raise BadInput(f"unknown metric {args.metric!r}; known: {', '.join(registry.metrics())}")
+    known = registry.index()["metrics"]
+    if args.metric and args.metric not in known:
+        raise BadInput(f"unknown metric {args.metric!r}; known: {', '.join(known)}")
     frame, _ = _load_and_warn(dirs)
+    if args.metric:
+        from runners.aggregate import metric_columns
+
+        if args.metric not in metric_columns(frame):
+            raise BadInput(f"no run in {', '.join(map(str, dirs))} has values of metric "
+                           f"{args.metric!r}")
     paths = write_leaderboard(dirs, out, metric=args.metric, frame=frame)
     print(f"gfbench: leaderboard -> {paths['markdown']} and {paths['csv']}")
     return EXIT_OK
@@ -403,7 +607,11 @@ def _raise_interrupt(signum, frame) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Run one ``gfbench`` command; returns the exit code."""
     try:
-        args = _build_parser().parse_args(argv)
+        parser = _build_parser()
+        args = parser.parse_args(argv)
+        if args.command is None:
+            parser.print_help(sys.stderr)
+            return EXIT_BAD_INPUT
         return COMMANDS[args.command](args)
     except BadInput as exc:
         print(f"gfbench: error: {exc}", file=sys.stderr)

@@ -145,10 +145,15 @@ def _curve(reference, result, n_points: int = 200) -> str:
 
 
 def resolve_device(solver_cls, requested: str) -> tuple[str, str]:
-    """(device, skip reason) for a solver given the requested device."""
+    """(device, skip reason) for a solver given the requested device.
+
+    torch is consulted only when a GPU is asked for or required.
+    """
+    caps = solver_cls.capabilities
+    if not requested.startswith("cuda") and GPU_ONLY not in caps:
+        return "cpu", ""
     import torch
 
-    caps = solver_cls.capabilities
     has_cuda = torch.cuda.is_available()
     if GPU_ONLY in caps and not has_cuda:
         return "cpu", "GPU-only solver and this host has no CUDA device"

@@ -21,6 +21,11 @@ from runners import registry
 
 #: default root entropy of every seed (change it to draw a new family of runs)
 DEFAULT_ENTROPY = 2021_1206
+#: limits on what one invocation may ask for (a typo must not exhaust the machine)
+MAX_RUNS = 1_000_000
+MAX_RANGE = 100_000
+MAX_SEED = 2**32 - 1
+MAX_TIME = 1e4
 
 
 class BadInput(ValueError):
@@ -57,6 +62,7 @@ class RunConfig:
     scheduler: str | None = None
     retry_failed: bool = True
     n_threads: int | None = None
+    max_memory: int | None = None
 
 
 def stable_int(value: Any) -> int:
@@ -127,26 +133,60 @@ def _resolve_times(task_cls, name: str, times: list | None) -> list[float]:
         times = [float(t) for t in times]
     except (TypeError, ValueError):
         raise BadInput(f"task {name!r}: times must be numbers, got {times!r}") from None
-    bad = [t for t in times if not math.isfinite(t) or t <= 0]
+    bad = [t for t in times if not math.isfinite(t) or t <= 0 or t > MAX_TIME]
     if bad or not times:
-        raise BadInput(f"task {name!r}: times must be finite and > 0, got {times!r}")
+        raise BadInput(f"task {name!r}: times must be in (0, {MAX_TIME:g}], got {times!r}")
     return sorted(set(times))
 
 
 def _metric_versions(names: list[str] | None) -> tuple[dict[str, str], dict[str, str]]:
     """Versions and code hashes of the selected metrics (all when ``names`` is None)."""
-    known = registry.metrics()
+    known = registry.index()["metrics"]
     if names is None:
-        names = [name for name, metric in known.items() if metric.default]
+        names = [name for name, metric in known.items() if metric["default"]]
     unknown = [n for n in names if n not in known]
     if unknown:
         raise BadInput(f"unknown metric(s) {unknown}; known: {', '.join(known)}")
-    return ({name: known[name].version for name in names},
-            {name: registry.code_hash(known[name]) for name in names})
+    return ({name: known[name]["version"] for name in names},
+            {name: registry.metric_code(name) for name in names})
+
+
+def _default_grid(kind: str, name: str) -> dict[str, list]:
+    """A plugin's default parameter grid, from the index (built-ins) or its class."""
+    entry = registry.index()[kind].get(name)
+    if entry is not None:
+        return entry["parameters"]
+    try:
+        cls = registry.get_task(name) if kind == "tasks" else registry.get_solver(name)
+    except KeyError as exc:
+        raise BadInput(exc.args[0]) from None
+    return cls.parameters
+
+
+def count_runs(config: RunConfig) -> int:
+    """Runs ``config`` asks for, counted without building them (before validation).
+
+    Duplicates across blocks are counted twice (the expansion removes them).
+    """
+    total = 0
+    for block in config.blocks:
+        seeds = len(block.seeds or config.seeds)
+        for task, task_grid in block.tasks.items():
+            grid = {**_default_grid("tasks", task), **task_grid}
+            task_runs = math.prod(len(v) for k, v in grid.items() if k != "times")
+            solver_runs = sum(math.prod(len(v) for v in {**_default_grid("solvers", name),
+                                                          **solver_grid}.values())
+                              for name, solver_grid in block.solvers.items())
+            total += task_runs * solver_runs * seeds
+    return total
 
 
 def expand(config: RunConfig) -> list[dict]:
     """All run specs of ``config``, validated; raises :class:`BadInput`."""
+    n_runs = count_runs(config)
+    if n_runs > MAX_RUNS:
+        raise BadInput(f"the grid asks for {n_runs:,} runs, over the limit of {MAX_RUNS:,} "
+                       "a single invocation may run; split it")
     metric_versions, metric_code = _metric_versions(config.metrics)
     specs, seen, checked = [], set(), set()
     for block in config.blocks:
@@ -185,6 +225,10 @@ def expand(config: RunConfig) -> list[dict]:
                             solver_cls(**solver_params)
                         except (ValueError, TypeError) as exc:
                             raise BadInput(str(exc)) from None
+                        except Exception as exc:  # noqa: BLE001 — a plugin's constructor
+                            raise BadInput(f"solver {solver_name!r} cannot be built with "
+                                           f"{solver_params}: {type(exc).__name__}: "
+                                           f"{exc}") from None
                         for seed in block.seeds or config.seeds:
                             spec = {
                                 "task": task_name, "task_params": task_params,
@@ -223,9 +267,15 @@ def parse_values(text: str) -> list[Any]:
     if ".." in text and "," not in text:
         lo, _, hi = text.partition("..")
         try:
-            return list(range(int(lo), int(hi) + 1))
+            low, high = int(lo), int(hi)
         except ValueError:
             raise BadInput(f"bad range {text!r}: expected INT..INT") from None
+        if high < low:
+            raise BadInput(f"empty range {text!r}: the end is below the start")
+        if high - low + 1 > MAX_RANGE:
+            raise BadInput(f"range {text!r} has {high - low + 1:,} values, over the limit of "
+                           f"{MAX_RANGE:,}")
+        return list(range(low, high + 1))
     values = [parse_value(v) for v in text.split(",") if v.strip()]
     if not values:
         raise BadInput(f"empty value list {text!r}")
@@ -236,13 +286,15 @@ def parse_seeds(text: str | int | list) -> list[int]:
     """``3`` → [0, 1, 2]; ``"0,4"`` or ``"2..5"`` → explicit seeds."""
     if isinstance(text, list):
         values = text
-    elif isinstance(text, int) or (isinstance(text, str) and text.isdigit()):
+    elif isinstance(text, int) and not isinstance(text, bool) \
+            or (isinstance(text, str) and text.isdigit()):
         n = int(text)
-        if n < 1:
-            raise BadInput(f"seeds must be >= 1, got {n}")
+        if n < 1 or n > MAX_RANGE:
+            raise BadInput(f"--seeds N must be between 1 and {MAX_RANGE:,}, got {n:,}")
         return list(range(n))
     else:
         values = parse_values(str(text))
-    if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in values):
-        raise BadInput(f"seeds must be non-negative integers, got {text!r}")
+    if not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_SEED
+               for v in values):
+        raise BadInput(f"seeds must be integers in [0, {MAX_SEED}], got {text!r}")
     return [int(v) for v in values]

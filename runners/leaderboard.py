@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runners import aggregate, registry, store
+from runners import aggregate, store
 
 #: level of the paired intervals that separate two entries
 RANK_LEVEL = 0.99
@@ -44,8 +44,7 @@ def ranking_metrics(task: str, frame: pd.DataFrame, override: str | None = None)
     available = aggregate.metric_columns(frame)
     if override:
         return [override] if override in available else []
-    task_cls = registry.tasks().get(task)
-    wanted = task_cls.rankings() if task_cls is not None else ("energy",)
+    wanted = aggregate.task_info(task).get("rankings", ["energy"])
     return [m for m in wanted if m in available]
 
 

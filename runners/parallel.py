@@ -35,19 +35,39 @@ from typing import Callable
 from runners import store
 from runners.execute import execute, outcome_rows
 
-_PRELOAD = ["runners.execute", "runners.preload"]
 _PROGRESS_PERIOD_S = 1.0
 
 
 def apply_threads(n_threads: int) -> None:
-    """Pin BLAS/OpenMP and torch intra-op threads of this process."""
-    import torch
+    """Pin BLAS/OpenMP and torch intra-op threads of this process.
+
+    torch is pinned directly when it is loaded already, otherwise through
+    OMP_NUM_THREADS, which it reads when a solver imports it.
+    """
+    import sys
+
     from threadpoolctl import threadpool_limits
 
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(n_threads)
     threadpool_limits(n_threads)
-    torch.set_num_threads(n_threads)
+    if "torch" in sys.modules:
+        sys.modules["torch"].set_num_threads(n_threads)
+
+
+def preload_modules(specs: list[dict]) -> list[str]:
+    """The modules a grid's runs import: its tasks', solvers' and metrics'."""
+    from runners import registry
+
+    index = registry.index()
+    names: set[str] = {"runners.parallel", "runners.store"}
+    for spec in specs:
+        for kind, name in (("tasks", spec["task"]), ("solvers", spec["solver"])):
+            entry = index[kind].get(name)
+            names.add(entry["module"] if entry else name.partition(":")[0])
+        names.update(index["metrics"][m]["module"] for m in spec["metrics"]
+                     if m in index["metrics"])
+    return sorted(names)
 
 
 def _progress_writer(path: str | None) -> Callable[[int, int, str], None]:
@@ -109,12 +129,23 @@ def _child_main(spec: dict, out: str, options: dict) -> None:
     store.write_run(Path(out), spec, rows)
 
 
-def _context():
+def _context(preload: list[str] | None = None):
+    """The forkserver context; ``preload`` (module names) is what a server started now imports."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
-    ctx.set_forkserver_preload(_PRELOAD)
+    if preload is not None:
+        os.environ["GFBENCH_PRELOAD"] = ",".join(preload)
+    ctx.set_forkserver_preload(["runners.preload"])
     return ctx
+
+
+def warm_up(preload: list[str]) -> None:
+    """Start this process's forkserver now, so its imports overlap the caller's work."""
+    if _context(preload).get_start_method() == "forkserver":
+        from multiprocessing import forkserver
+
+        forkserver.ensure_running()
 
 
 _START_LOCK = threading.Lock()
@@ -160,6 +191,12 @@ def supervise(spec: dict, out: str, options: dict) -> dict:
     claim = store.Claim.take(Path(out), spec["run_id"])
     if claim is None:
         return {"run_id": spec["run_id"], "status": "claimed", "label": label}
+    path = store.runs_dir(Path(out)) / f"{spec['run_id']}.json"
+    payload = store.read_run(path)
+    if payload is not None and (store.run_status(payload) not in store.FAILED
+                                or path.stat().st_mtime >= options.get("started_at", 0.0)):
+        claim.release()  # another runner finished it since this grid was planned
+        return {"run_id": spec["run_id"], "status": "run by another runner", "label": label}
     try:
         status = _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim)
     finally:
@@ -170,7 +207,8 @@ def supervise(spec: dict, out: str, options: dict) -> dict:
 def _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim) -> str:
     timeout, max_memory = options.get("timeout"), options.get("max_memory")
     options = {**options, "supervisor_pid": os.getpid()}
-    child = _context().Process(target=_child_main, args=(spec, out, options), daemon=False)
+    child = _context(options.get("preload")).Process(target=_child_main, args=(spec, out, options),
+                                                     daemon=False)
     start = time.perf_counter()
     _start(child)
     outcome, peak, last_beat = None, 0, time.monotonic()
@@ -240,6 +278,66 @@ def pending(specs: list[dict], out: Path, retry_failed: bool = True) -> tuple[li
     return todo, corrupt
 
 
+class LineProgress:
+    """Progress for a log, not a terminal: a line every ``period`` seconds and at the end.
+
+    Used when stderr is not a terminal (redirected, nohup, CI) or reports no
+    width, where a progress bar's carriage returns make an unreadable file.
+    The line gives runs done, failures so far, the rate and an ETA.
+    """
+
+    def __init__(self, total: int, period: float = 30.0, stream=None) -> None:
+        import sys
+
+        self.total, self.period, self.done, self.failed = total, period, 0, 0
+        self.stream = stream or sys.stderr
+        self.start = self.last = time.monotonic()
+        self.postfix = ""
+
+    def update(self, n: int = 1) -> None:
+        self.done += n
+        now = time.monotonic()
+        if now - self.last >= self.period or self.done == self.total:
+            self.last = now
+            self._line(now)
+
+    def _line(self, now: float) -> None:
+        from runners.estimate import format_duration
+
+        elapsed = now - self.start
+        eta = (f", ETA {format_duration(elapsed / self.done * (self.total - self.done))}"
+               if self.done and self.done < self.total else "")
+        failed = f", {self.failed} failed" if self.failed else ""
+        current = f" [{self.postfix}]" if self.postfix and self.done < self.total else ""
+        print(f"gfbench: {self.done}/{self.total} runs done{failed} after "
+              f"{format_duration(elapsed)}{eta}{current}", file=self.stream, flush=True)
+
+    def write(self, text: str) -> None:
+        self.failed += 1
+        print(f"gfbench: {text}", file=self.stream, flush=True)
+
+    def set_postfix_str(self, text: str, refresh: bool = False) -> None:
+        self.postfix = text
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+
+def _progress_bar(total: int, show: bool):
+    """A tqdm bar on a terminal, :class:`LineProgress` elsewhere, nothing when not shown."""
+    import shutil
+    import sys
+
+    from tqdm.auto import tqdm
+
+    if show and (not sys.stderr.isatty() or shutil.get_terminal_size((0, 0)).columns == 0):
+        return LineProgress(total)
+    return tqdm(total=total, unit="run", disable=not show, desc="gfbench", dynamic_ncols=True)
+
+
 class _ProgressMonitor(threading.Thread):
     """Shows the most recent in-run progress message in the bar's postfix."""
 
@@ -268,13 +366,13 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
              show_progress: bool = True) -> Counter:
     """Run ``specs`` in parallel; returns a Counter of run statuses."""
     from joblib import Parallel, delayed, parallel_config
-    from tqdm.auto import tqdm
 
     counts: Counter = Counter()
     if not specs:
         return counts
     progress_dir = tempfile.mkdtemp(prefix="gfbench-progress-")
-    options = {**options, "progress_dir": progress_dir, "main_pid": os.getpid()}
+    options = {**options, "progress_dir": progress_dir, "main_pid": os.getpid(),
+               "started_at": time.time()}
     with ExitStack() as stack:
         if backend == "dask":
             from dask.distributed import Client
@@ -288,8 +386,7 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
 
             register_ray()
             stack.enter_context(parallel_config(backend="ray"))
-        bar = stack.enter_context(tqdm(total=len(specs), unit="run", disable=not show_progress,
-                                       desc="gfbench", dynamic_ncols=True))
+        bar = stack.enter_context(_progress_bar(len(specs), show_progress))
         monitor = _ProgressMonitor(progress_dir, bar)
         monitor.start()
         try:
@@ -297,11 +394,33 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
                     for i, spec in enumerate(specs))
             runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered",
                               **({"backend": backend} if backend in ("loky", "threading") else {}))
+            claimed = []
             for summary in runner(jobs):
+                if summary["status"] == "claimed":
+                    claimed.append(summary["run_id"])
+                    continue
                 counts[summary["status"]] += 1
                 bar.update(1)
-                if summary["status"] not in ("ok", "skipped", "claimed"):
+                if summary["status"] not in ("ok", "skipped", "run by another runner"):
                     bar.write(f"{summary['status']}: {summary['label']}")
+            # runs another runner holds: wait for them, or take them over if it died
+            by_id = {spec["run_id"]: spec for spec in specs}
+            while claimed:
+                time.sleep(0.5)
+                waiting = []
+                for run_id in claimed:
+                    if store.read_run(store.runs_dir(out) / f"{run_id}.json") is not None \
+                            and not (store.runs_dir(out) / f".{run_id}.claim").exists():
+                        counts["run by another runner"] += 1
+                        bar.update(1)
+                        continue
+                    summary = supervise(by_id[run_id], str(out), options)
+                    if summary["status"] == "claimed":
+                        waiting.append(run_id)
+                    else:
+                        counts[summary["status"]] += 1
+                        bar.update(1)
+                claimed = waiting
         finally:
             monitor.stop.set()
             shutil.rmtree(progress_dir, ignore_errors=True)

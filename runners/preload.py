@@ -1,18 +1,21 @@
 """Imported once by the forkserver so that every run process starts warm.
 
-Each run is a fork of the forkserver; importing torch, scikit-learn and every
-plugin here (≈2 s) instead of in each run process makes small runs cheap.
-A broken plugin must not take the forkserver down: the run that needs it will
-report the import error as its own status row.
+Each run is a fork of the forkserver. The modules a grid's runs need — its
+tasks', solvers' and metrics' (``GFBENCH_PRELOAD``, set by the runner before
+the server starts) — are imported here once instead of in every run process:
+torch only when a solver of the grid imports it, so a grid without one starts
+in well under a second. A plugin that fails to import must not take the
+forkserver down: the run that needs it reports the error as its own row.
 """
 from __future__ import annotations
 
-import torch  # noqa: F401  (the heaviest import; shared copy-on-write)
+import importlib
+import os
 
-from runners import registry
+import runners.execute  # noqa: F401  (every run needs it)
 
-for _discover in (registry.tasks, registry.solvers, registry.metrics):
+for _name in filter(None, os.environ.get("GFBENCH_PRELOAD", "").split(",")):
     try:
-        _discover()
+        importlib.import_module(_name)
     except Exception:  # noqa: BLE001 — reported by the run that needs it
-        _discover.cache_clear()
+        pass

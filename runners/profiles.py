@@ -33,7 +33,7 @@ from runners.grid import BadInput, GridBlock, RunConfig, parse_seeds
 BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
 TOP_KEYS = {"description", "run", "tasks", "solvers", "grid"}
 RUN_KEYS = {"seeds", "timeout", "n_jobs", "metrics", "device", "seed_entropy", "backend",
-            "scheduler", "retry_failed", "n_threads"}
+            "scheduler", "retry_failed", "n_threads", "max_memory"}
 
 
 def builtin_profiles() -> dict[str, Path]:
@@ -101,13 +101,37 @@ def to_config(data: dict[str, Any]) -> RunConfig:
     config = RunConfig(blocks=blocks)
     if "seeds" in run:
         config.seeds = parse_seeds(run["seeds"])
-    for key in ("timeout", "n_jobs", "seed_entropy", "n_threads"):
+    if "timeout" in run:
+        value = run["timeout"]
+        if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0 \
+                or value == float("inf"):
+            raise BadInput(f"profile: run.timeout must be a positive number, got {value!r}")
+        config.timeout = float(value)
+    for key in ("n_jobs", "seed_entropy", "n_threads"):
         if key in run:
             value = run[key]
-            if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-                raise BadInput(f"profile: run.{key} must be a positive number, got {value!r}")
-            setattr(config, key, value if key == "timeout" else int(value))
-    for key in ("metrics", "device", "backend", "scheduler", "retry_failed"):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise BadInput(f"profile: run.{key} must be a positive integer, got {value!r}")
+            setattr(config, key, value)
+    if "retry_failed" in run:
+        if not isinstance(run["retry_failed"], bool):
+            raise BadInput(f"profile: run.retry_failed must be true or false, got "
+                           f"{run['retry_failed']!r}")
+        config.retry_failed = run["retry_failed"]
+    if "metrics" in run:
+        metrics = run["metrics"]
+        if not isinstance(metrics, list) or not metrics \
+                or not all(isinstance(m, str) for m in metrics):
+            raise BadInput(f"profile: run.metrics must be a list of metric names, got "
+                           f"{metrics!r}")
+        config.metrics = metrics
+    for key in ("device", "backend", "scheduler"):
         if key in run:
+            if not isinstance(run[key], str):
+                raise BadInput(f"profile: run.{key} must be a string, got {run[key]!r}")
             setattr(config, key, run[key])
+    if "max_memory" in run:
+        from runners.cli import parse_size
+
+        config.max_memory = parse_size(run["max_memory"])
     return config

@@ -22,16 +22,23 @@ def _git(*args: str) -> str:
         return ""
 
 
-@lru_cache(maxsize=1)
-def provenance() -> dict[str, object]:
-    """Provenance fields stored in every row (computed once per process)."""
-    import numpy
-    import torch
-
+def _version(package: str) -> str:
     try:
-        version = metadata.version("gfbench")
+        return metadata.version(package)
     except metadata.PackageNotFoundError:
-        version = "unknown"
+        return "unknown"
+
+
+@lru_cache(maxsize=4)
+def provenance(device: str = "cpu") -> dict[str, object]:
+    """Provenance fields stored in every row (computed once per process and device).
+
+    Package versions come from their metadata: the main process does not
+    import torch unless a GPU is asked for.
+    """
+    import numpy
+
+    version = _version("gfbench")
     sha = _git("rev-parse", "HEAD")
     dirty = bool(_git("status", "--porcelain", "--untracked-files=no")) if sha else None
     return {
@@ -40,19 +47,21 @@ def provenance() -> dict[str, object]:
         "git_dirty": dirty,
         "python": platform.python_version(),
         "numpy": numpy.__version__,
-        "torch": torch.__version__,
+        "torch": _version("torch"),
         "host": socket.gethostname(),
         "platform": f"{platform.system()}-{platform.machine()}",
         "cpu_count": os.cpu_count(),
-        "machine_id": machine_id(),
+        "machine_id": machine_id(device),
         "argv0": Path(sys.argv[0]).name,
     }
 
 
-def machine_id() -> str:
+def machine_id(device: str = "cpu") -> str:
     """An identifier of the hardware, used to decide whether timings compare."""
-    import torch
+    gpu = "nogpu"
+    if device.startswith("cuda"):
+        import torch
 
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "nogpu"
+        gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "nogpu"
     cpu = platform.processor() or platform.machine()
     return f"{socket.gethostname()}|{cpu}|{os.cpu_count()}cpu|{gpu}"

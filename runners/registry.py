@@ -4,6 +4,13 @@ Built-in plugins are found by importing every module of the ``tasks``,
 ``solvers`` and ``metrics`` packages. A user's own solver or task outside the
 tree is named by its import path, ``"package.module:ClassName"``, anywhere a
 name is accepted (it must be importable in the worker processes too).
+
+Importing every plugin costs seconds (torch, scikit-learn, scipy.stats), so
+the static facts about them — names, modules, versions, parameter grids,
+capabilities, metric directions — are kept in an *index* (:func:`index`),
+cached on disk under a digest of the plugin sources: ``gfbench list``,
+``--help``, grid expansion and the readers use it, and only the plugins a
+grid names are imported (:func:`get_task`, :func:`get_solver`).
 """
 from __future__ import annotations
 
@@ -19,6 +26,11 @@ from functools import lru_cache
 from pathlib import Path
 from types import ModuleType
 from typing import Any
+
+import json
+import os
+import sys
+import tempfile
 
 from metrics.base import Metric
 from solvers.base import Solver
@@ -81,24 +93,38 @@ def _load_path(ref: str, base: type) -> type:
     return obj
 
 
-def get_task(name: str) -> type[Task]:
-    """A task class by registry name or ``module:Class`` path (KeyError if unknown)."""
+def _valid_path(ref: str) -> None:
+    module_name, _, attr = ref.partition(":")
+    parts = module_name.split(".")
+    if not module_name or not attr or not all(p.isidentifier() for p in parts) \
+            or not attr.isidentifier():
+        raise KeyError(f"{ref!r} is not a plugin path: expected package.module:ClassName")
+
+
+def _get(kind: str, name: str, base: type):
     if ":" in name:
-        return _load_path(name, Task)
-    try:
-        return tasks()[name]
-    except KeyError:
-        raise KeyError(f"unknown task {name!r}; known: {', '.join(tasks())}") from None
+        _valid_path(name)
+        return _load_path(name, base)
+    entry = index()[kind].get(name)
+    if entry is None:
+        raise KeyError(f"unknown {kind[:-1]} {name!r}; known: {', '.join(index()[kind])}")
+    return getattr(importlib.import_module(entry["module"]), entry["qualname"])
+
+
+def get_task(name: str) -> type[Task]:
+    """A task class by registry name or ``module:Class`` path (KeyError if unknown).
+
+    Imports only that task's module.
+    """
+    return _get("tasks", name, Task)
 
 
 def get_solver(name: str) -> type[Solver]:
-    """A solver class by registry name or ``module:Class`` path (KeyError if unknown)."""
-    if ":" in name:
-        return _load_path(name, Solver)
-    try:
-        return solvers()[name]
-    except KeyError:
-        raise KeyError(f"unknown solver {name!r}; known: {', '.join(solvers())}") from None
+    """A solver class by registry name or ``module:Class`` path (KeyError if unknown).
+
+    Imports only that solver's module.
+    """
+    return _get("solvers", name, Solver)
 
 
 def get_metric(name: str) -> Metric:
@@ -219,3 +245,92 @@ def normalised_source(path: Path | None) -> str:
                 lines[i] = ""
             lines[l1 - 1] = lines[l1 - 1][c1:]
     return "\n".join(line.rstrip() for line in lines if line.strip())
+
+
+# --- the index ---------------------------------------------------------------------------------
+def cache_dir() -> Path:
+    """Where gfbench caches derived data: ``$GFBENCH_CACHE`` or ``~/.cache/gfbench``."""
+    return Path(os.environ.get("GFBENCH_CACHE") or Path.home() / ".cache" / "gfbench")
+
+
+def _sources_digest() -> str:
+    """sha256 over the plugin packages' source files (paths and bytes) and the Python version."""
+    digest = hashlib.sha256(sys.version.encode())
+    for package in PROJECT_PACKAGES:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        for directory in spec.submodule_search_locations:
+            for path in sorted(Path(directory).glob("*.py")):
+                digest.update(str(path).encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, frozenset, set)):
+        items = [_jsonable(v) for v in value]
+        return sorted(items, key=str) if isinstance(value, (frozenset, set)) else items
+    if isinstance(value, float) and value != value:
+        return None
+    return value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
+
+
+def _build_index() -> dict[str, dict[str, dict[str, Any]]]:
+    out: dict[str, dict[str, dict[str, Any]]] = {"tasks": {}, "solvers": {}, "metrics": {}}
+    for name, cls in tasks().items():
+        out["tasks"][name] = _jsonable({
+            "module": cls.__module__, "qualname": cls.__qualname__, "version": cls.version,
+            "description": cls.description, "parameters": cls.parameters,
+            "default_times": cls.default_times, "bounds": cls.bounds,
+            "rankings": cls.rankings(), "replicate_parameters": cls.replicate_parameters,
+            "stationary": cls.stationary})
+    for name, cls in solvers().items():
+        out["solvers"][name] = _jsonable({
+            "module": cls.__module__, "qualname": cls.__qualname__, "version": cls.version,
+            "description": cls.description, "parameters": cls.parameters,
+            "capabilities": cls.capabilities, "labels": cls.labels})
+    for name, metric in metrics().items():
+        out["metrics"][name] = _jsonable({
+            "module": metric.fn.__module__, "version": metric.version,
+            "default": metric.default, "label": metric.title,
+            "description": metric.description, "lower_is_better": metric.lower_is_better,
+            "lower_bound": metric.lower_bound, "requires": metric.requires})
+    return out
+
+
+@lru_cache(maxsize=None)
+def index() -> dict[str, dict[str, dict[str, Any]]]:
+    """Static facts about every built-in task, solver and metric.
+
+    Built by importing them all once per version of their sources, then read
+    from ``cache_dir()/index-<digest>.json`` (a cache that cannot be written
+    only costs the imports again).
+    """
+    path = cache_dir() / f"index-{_sources_digest()}.json"
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        pass
+    built = _build_index()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.{os.getpid()}.",
+                                   suffix=".tmp")
+        with os.fdopen(fd, "w") as handle:
+            json.dump(built, handle)
+        os.replace(tmp, path)
+    except OSError:
+        pass
+    return built
+
+
+def metric_info(name: str) -> dict[str, Any] | None:
+    """A built-in metric's index entry (None if unknown)."""
+    return index()["metrics"].get(name)
+
+
+def metric_code(name: str) -> str:
+    """Code hash of a built-in metric, from its module (no import)."""
+    return _closure_hash(index()["metrics"][name]["module"])

@@ -20,9 +20,10 @@ import socket
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterable
+from typing import TYPE_CHECKING, Any, Iterable
 
-import pandas as pd
+if TYPE_CHECKING:
+    import pandas as pd
 
 FORMAT = 1
 #: statuses of a finished run (not retried on resume)
@@ -40,7 +41,7 @@ NUMERIC_COLUMNS = ("t", "peak_mem_mb", "reference_error", "law_size")
 def _metric_names() -> list[str]:
     from runners import registry
 
-    return list(registry.metrics())
+    return list(registry.index()["metrics"])
 
 
 class StoreError(OSError):
@@ -75,6 +76,17 @@ def _checksum(spec: dict, rows: list[dict]) -> str:
     return hashlib.sha256(body.encode()).hexdigest()
 
 
+def _current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: files are written through mkstemp (mode 0600) and renamed: they get the mode a plain
+#: open() would have given them under the user's umask (0644 under the usual 022)
+FILE_MODE = 0o666 & ~_current_umask()
+
+
 def _temp_prefix(path: Path) -> str:
     """Temporary files carry their writer's pid, so a later run can tell stale ones."""
     return f".{path.name}.{os.getpid()}."
@@ -92,6 +104,7 @@ def atomic_write_text(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except OSError as exc:
         try:
@@ -111,6 +124,7 @@ def atomic_write_bytes(path: Path, writer) -> None:
     os.close(fd)
     try:
         writer(tmp)
+        os.chmod(tmp, FILE_MODE)
         os.replace(tmp, path)
     except BaseException as exc:
         try:
@@ -199,6 +213,8 @@ def load_checked(out: Path | Iterable[Path]) -> tuple[pd.DataFrame, list[Path]]:
     Readers name the second list: a results directory is never summarised as
     if a broken file were not there.
     """
+    import pandas as pd  # heavy: only readers need it
+
     outs = [Path(out)] if isinstance(out, (str, Path)) else [Path(o) for o in out]
     rows, corrupt = [], []
     for directory in outs:
@@ -217,12 +233,15 @@ def load_checked(out: Path | Iterable[Path]) -> tuple[pd.DataFrame, list[Path]]:
     return frame, corrupt
 
 
-def export(out: Path) -> pd.DataFrame:
-    """Aggregate ``out`` and write results.csv and results.parquet atomically."""
+def export(out: Path) -> "pd.DataFrame":
+    """Aggregate ``out``: results.csv, results.parquet and timings.csv, atomically."""
+    from runners.estimate import write_timings
+
     out = Path(out)
     frame = load(out)
     atomic_write_text(out / "results.csv", frame.to_csv(index=False))
     atomic_write_bytes(out / "results.parquet", lambda p: frame.to_parquet(p, index=False))
+    write_timings(out, frame)
     return frame
 
 
@@ -261,7 +280,7 @@ def clean_stale_temp(directory: Path) -> list[Path]:
     for path in directory.rglob(".*.tmp"):
         parts = path.name.split(".")
         pid = next((int(p) for p in reversed(parts[:-2]) if p.isdigit()), None)
-        if pid is not None and pid != os.getpid() and _pid_alive(pid):
+        if pid is not None and _pid_alive(pid):
             continue
         try:
             path.unlink()
@@ -289,12 +308,24 @@ class Claim:
 
     @classmethod
     def take(cls, out: Path, run_id: str) -> "Claim | None":
-        """Claim the run, or None when a live runner holds it."""
+        """Claim the run, or None when a live runner holds it.
+
+        The claim is written to a temporary file and hard-linked into place,
+        so it appears atomically with its content (another runner never reads
+        a half-written claim), and the link fails if a claim exists.
+        """
         path = runs_dir(out) / f".{run_id}.claim"
-        owner = {"pid": os.getpid(), "host": socket.gethostname()}
+        owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
         for _ in range(2):
             try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path),
+                                           suffix=".tmp")
+                with os.fdopen(fd, "w") as handle:
+                    handle.write(owner)
+                try:
+                    os.link(tmp, path)
+                finally:
+                    os.unlink(tmp)
             except FileExistsError:
                 if not _claim_is_stale(path):
                     return None
@@ -305,8 +336,6 @@ class Claim:
                 continue
             except OSError:
                 return cls(path)  # claims are a courtesy: an unwritable one does not stop a run
-            with os.fdopen(fd, "w") as handle:
-                json.dump(owner, handle)
             return cls(path)
         return None
 

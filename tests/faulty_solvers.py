@@ -110,3 +110,84 @@ class HalfSupport(_Base):
 
         return SolverResult(samples=draw(512, self.rng)[0], log_density=log_density, draw=draw,
                             law=IID_DENSITY)
+
+
+class ExitsZero(_Base):
+    """Leaves the run process with exit code 0 and no result (``os._exit``)."""
+
+    name = "faulty_exit0"
+
+    def run(self):
+        os._exit(0)
+
+
+class SysExit(_Base):
+    """Raises SystemExit(0) from run()."""
+
+    name = "faulty_sysexit"
+
+    def run(self):
+        raise SystemExit(0)
+
+
+class InitRaises(_Base):
+    """A plugin whose constructor fails."""
+
+    name = "faulty_init"
+
+    def __init__(self, **params):
+        raise RuntimeError("deliberate failure in __init__")
+
+    def run(self):
+        return {}
+
+
+class BadShape(_Base):
+    """Returns samples of shape (5, 7, 3) whatever the task's dimension."""
+
+    name = "faulty_shape"
+
+    def run(self):
+        return {t: SolverResult(samples=np.zeros((5, 7, 3)), law="particles") for t in self.times}
+
+
+class SpawnsChild(_Base):
+    """Starts a long ``sleep`` child (tagged by ``tag``), then sleeps ``delay`` and returns."""
+
+    name = "faulty_spawns"
+    parameters = {"n": [64], "delay": [0.0], "tag": ["301.25"]}
+
+    def run(self):
+        import subprocess
+
+        subprocess.Popen(["sleep", str(self.params["tag"])])
+        time.sleep(float(self.params["delay"]))
+        x = self._samples()
+        return {t: SolverResult(samples=x, law="particles") for t in self.times}
+
+
+class Hog(_Base):
+    """Allocates ``mb`` megabytes (touched, so resident), then returns."""
+
+    name = "faulty_hog"
+    parameters = {"n": [64], "mb": [600]}
+
+    def run(self):
+        block = np.ones(int(self.params["mb"]) * 2**20 // 8)
+        time.sleep(1.0)
+        x = self._samples() + block[0] - 1.0
+        return {t: SolverResult(samples=x, law="particles") for t in self.times}
+
+
+class Logs(_Base):
+    """Appends its seed to ``$GFBENCH_TEST_LOG`` when it starts, then sleeps ``delay``."""
+
+    name = "faulty_logs"
+    parameters = {"n": [64], "delay": [1.5]}
+
+    def run(self):
+        with open(os.environ["GFBENCH_TEST_LOG"], "a") as handle:
+            handle.write(f"{self.rng.integers(1 << 30)}\n")
+        time.sleep(float(self.params["delay"]))
+        x = self._samples()
+        return {t: SolverResult(samples=x, law="particles") for t in self.times}

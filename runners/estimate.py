@@ -1,0 +1,195 @@
+"""How long a grid will take, from the committed results' own timings.
+
+Every results directory gets a ``timings.csv`` on export: per configuration
+(task, task config, solver, solver config), the median seconds one run took
+(set-up + solve + metric evaluation) and on how many runs that rests. An
+estimate sums those medians over the runs asked for; a configuration that
+never ran is "unknown", never guessed. Committed results were measured on 2
+CPU cores with two runs sharing them, so the estimates are of that kind.
+"""
+from __future__ import annotations
+
+import csv
+import itertools
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterable
+
+PROJECT_RESULTS = Path(__file__).resolve().parents[1] / "results"
+TIMING_COLUMNS = ["task", "task_config", "solver", "solver_config", "seconds", "n_runs"]
+
+
+def config_label(params: dict) -> str:
+    """``{"b": 2, "a": 1}`` → ``"a=1,b=2"`` (the rows' task_config / solver_config)."""
+    return ",".join(f"{k}={params[k]}" for k in sorted(params))
+
+
+def timing_table(frame) -> list[dict[str, Any]]:
+    """Median seconds per run and configuration, from a results frame (one row per t)."""
+    import pandas as pd
+
+    if frame.empty or "time_run" not in frame:
+        return []
+    ok = frame[frame["status"] == "ok"]
+    per_run = ok.groupby("run_id").agg(
+        task=("task", "first"), task_config=("task_config", "first"),
+        solver=("solver", "first"), solver_config=("solver_config", "first"),
+        setup=("time_setup", "first"), run=("time_run", "first"), evaluation=("time_eval", "sum"))
+    per_run["seconds"] = per_run[["setup", "run", "evaluation"]].apply(
+        pd.to_numeric, errors="coerce").sum(axis=1)
+    table = per_run.groupby(["task", "task_config", "solver", "solver_config"]).agg(
+        seconds=("seconds", "median"), n_runs=("seconds", "size")).reset_index()
+    return table.to_dict("records")
+
+
+def write_timings(out: Path, frame) -> None:
+    """``timings.csv`` of a results directory (atomic)."""
+    from runners.store import atomic_write_text
+
+    rows = timing_table(frame)
+    lines = [",".join(TIMING_COLUMNS)]
+    for row in rows:
+        lines.append(",".join(_csv_cell(row[c]) for c in TIMING_COLUMNS))
+    atomic_write_text(Path(out) / "timings.csv", "\n".join(lines) + "\n")
+
+
+def _csv_cell(value: Any) -> str:
+    text = f"{value:.4g}" if isinstance(value, float) else str(value)
+    return f'"{text}"' if "," in text else text
+
+
+def load_timings(directories: Iterable[Path] | None = None) -> dict[tuple, float]:
+    """(task, task_config, solver, solver_config) → median seconds, over the given
+    results directories (default: every committed one under ``results/``)."""
+    if directories is None:
+        directories = [p.parent for p in PROJECT_RESULTS.glob("*/timings.csv")]
+    table: dict[tuple, tuple[float, int]] = {}
+    for directory in directories:
+        path = Path(directory) / "timings.csv"
+        try:
+            with path.open(newline="") as handle:
+                for row in csv.DictReader(handle):
+                    key = (row["task"], row["task_config"], row["solver"], row["solver_config"])
+                    n = int(row["n_runs"])
+                    if key not in table or n > table[key][1]:
+                        table[key] = (float(row["seconds"]), n)
+        except (OSError, KeyError, ValueError):
+            continue
+    return {key: seconds for key, (seconds, _) in table.items()}
+
+
+@dataclass
+class Estimate:
+    """Runs and known seconds per solver; ``unknown`` runs have no committed timing."""
+
+    per_solver: dict[str, list[float]] = field(default_factory=dict)  # [runs, seconds, unknown]
+
+    def add(self, solver: str, seconds: float | None) -> None:
+        entry = self.per_solver.setdefault(solver, [0, 0.0, 0])
+        entry[0] += 1
+        if seconds is None:
+            entry[2] += 1
+        else:
+            entry[1] += seconds
+
+    @property
+    def runs(self) -> int:
+        return int(sum(e[0] for e in self.per_solver.values()))
+
+    @property
+    def seconds(self) -> float:
+        return sum(e[1] for e in self.per_solver.values())
+
+    @property
+    def unknown(self) -> int:
+        return int(sum(e[2] for e in self.per_solver.values()))
+
+    def wall(self, n_jobs: int) -> float:
+        """Seconds on ``n_jobs`` parallel runs (perfect packing: a lower bound)."""
+        return self.seconds / max(1, n_jobs)
+
+    def lines(self, n_jobs: int) -> list[str]:
+        """One line per solver and a total, for ``--dry-run``."""
+        out = []
+        for solver, (runs, seconds, unknown) in sorted(self.per_solver.items()):
+            known = f"{format_duration(seconds)} of compute" if runs > unknown else ""
+            note = f"{unknown} of unknown time" if unknown else ""
+            out.append(f"  {solver:20s} {runs:6d} runs  " + "; ".join(x for x in (known, note) if x))
+        if self.unknown == self.runs:
+            out.append(f"{self.runs} runs, estimated wall time unknown (no committed timings "
+                       "of these configurations)")
+            return out
+        total = f"{self.runs} runs, estimated wall time {format_duration(self.wall(n_jobs))} " \
+                f"at -j {n_jobs}"
+        if self.unknown:
+            total += f" plus {self.unknown} runs of unknown time"
+        out.append(total)
+        return out
+
+    def summary(self, n_jobs: int) -> str:
+        """``~2 h 10 min at -j 2 (12 runs of unknown time)``."""
+        if self.unknown == self.runs:
+            return "time unknown (no committed timings)"
+        text = f"~{format_duration(self.wall(n_jobs))} at -j {n_jobs}"
+        return text + (f" + {self.unknown} runs of unknown time" if self.unknown else "")
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``3 h 05 min``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    hours, minutes = divmod(int(round(seconds / 60)), 60)
+    return f"{hours} h {minutes:02d} min"
+
+
+def estimate_specs(specs: Iterable[dict], timings: dict[tuple, float] | None = None) -> Estimate:
+    """Estimate for expanded run specs (``gfbench run --dry-run``)."""
+    timings = load_timings() if timings is None else timings
+    estimate = Estimate()
+    for spec in specs:
+        solver = spec.get("solver_name", spec["solver"])
+        key = (spec["task"], config_label(spec["task_params"]), solver,
+               config_label(spec["solver_params"]))
+        estimate.add(spec.get("solver_name", spec["solver"]), timings.get(key))
+    return estimate
+
+
+def estimate_profile(data: dict, index: dict, timings: dict[tuple, float] | None = None
+                     ) -> Estimate:
+    """Estimate for a parsed profile without importing any plugin (``gfbench list``).
+
+    Parameters are the profile's grids merged over the index's default grids,
+    as :func:`runners.grid.expand` does; no validation.
+    """
+    timings = load_timings() if timings is None else timings
+    estimate = Estimate()
+    run = data.get("run", {}) or {}
+    seeds = run.get("seeds", 1)
+    default_seeds = len(seeds) if isinstance(seeds, list) else int(seeds)
+    blocks = list(data.get("grid", []) or [])
+    if "tasks" in data or "solvers" in data:
+        blocks.append({"tasks": data.get("tasks", {}), "solvers": data.get("solvers", {})})
+    for block in blocks:
+        n_seeds = block.get("seeds", default_seeds)
+        n_seeds = len(n_seeds) if isinstance(n_seeds, list) else int(n_seeds)
+        for task, task_grid in (block.get("tasks") or {}).items():
+            task_grid = {k: v for k, v in (task_grid or {}).items() if k != "times"}
+            for task_params in _product(index["tasks"].get(task, {}).get("parameters", {}),
+                                        task_grid):
+                for solver, solver_grid in (block.get("solvers") or {}).items():
+                    defaults = index["solvers"].get(solver, {}).get("parameters", {})
+                    for solver_params in _product(defaults, solver_grid or {}):
+                        key = (task, config_label(task_params), solver,
+                               config_label(solver_params))
+                        for _ in range(n_seeds):
+                            estimate.add(solver, timings.get(key))
+    return estimate
+
+
+def _product(defaults: dict[str, list], grid: dict[str, Any]) -> list[dict]:
+    merged = {k: list(v) for k, v in defaults.items()}
+    merged.update({k: list(v) if isinstance(v, (list, tuple)) else [v] for k, v in grid.items()})
+    keys = sorted(merged)
+    return [dict(zip(keys, values)) for values in itertools.product(*(merged[k] for k in keys))]
