@@ -218,16 +218,18 @@ def summarise(frame: pd.DataFrame, metrics: Iterable[str],
 
 
 def final_time_rows(frame: pd.DataFrame) -> pd.DataFrame:
-    """Rows at each task's ranking time: the latest evaluation time that every
-    solver of the task was run at (so a solver evaluated at t = 0.5, 0.9 is ranked
-    with one evaluated at 0.1 … 1.0); the task's last time if they share none."""
+    """Rows at each (task, group)'s ranking time: the latest evaluation time that every
+    solver of that task configuration (replicates pooled) was run at — a solver evaluated
+    at t = 0.5, 0.9 is ranked with one evaluated at 0.1 … 1.0, and a mixture at D = 32
+    (t = 7) is not held to the t = 4 of D = 12; the group's last time if they share none."""
     if frame.empty:
         return frame
-    chosen = {}
-    for task, part in frame.groupby("task"):
+    groups = frame["group"] if "group" in frame else group_labels(frame)
+    chosen = pd.Series(np.nan, index=frame.index)
+    for _, part in frame.groupby([frame["task"], groups], sort=False):
         common = set.intersection(*(set(g["t"]) for _, g in part.groupby("solver")))
-        chosen[task] = max(common) if common else part["t"].max()
-    return frame[frame["t"] == frame["task"].map(chosen)]
+        chosen[part.index] = max(common) if common else part["t"].max()
+    return frame[frame["t"] == chosen]
 
 
 def natural_key(text: str) -> list:

@@ -125,6 +125,8 @@ def _evaluate(spec: dict, task, result: SolverResult, t: float, options: dict
     if reference.grid is not None and reference.density is not None \
             and result.log_density is not None:
         values["curve"] = _curve(reference, result)
+    if spec["seed"] == 0 and t == max(spec["times"]) and reference.sample is not None:
+        values["preview"] = _preview(reference, result, draws, rng)
     values["reference_error"] = reference.error_estimate
     values["reference_provenance"] = reference.provenance
     # the reference's scalar facts (a stationarity gap, the hidden state): JSON
@@ -133,6 +135,39 @@ def _evaluate(spec: dict, task, result: SolverResult, t: float, options: dict
          if isinstance(v, (int, float, np.floating, np.integer)) and not isinstance(v, bool)},
         sort_keys=True)
     return values
+
+
+#: points of each law in a row's preview
+PREVIEW_POINTS = 500
+
+
+def _preview(reference, result: SolverResult, draws, rng: np.random.Generator) -> str | None:
+    """The solver's law and the reference projected on the reference's two main axes.
+
+    For the report's small multiples (seed 0, last time): the first two
+    principal components of 4096 reference draws (one in 1-D), and 500 points
+    of each law on them — fresh draws of an i.i.d. law, a subsample of a
+    particle set. JSON; None when the law has no samples.
+    """
+    try:
+        y = draws.sample("preview", 4096)
+        centre = y.mean(axis=0)
+        _, _, vt = np.linalg.svd(y - centre, full_matrices=False)
+        axes = vt[:min(2, y.shape[1])]
+        if result.law in ("iid", "iid_density"):
+            x = np.asarray(result.draw(PREVIEW_POINTS, np.random.default_rng(
+                int(rng.integers(2**31))))[0], dtype=np.float64)
+        else:
+            x = np.asarray(result.samples, dtype=np.float64)
+            if x.shape[0] > PREVIEW_POINTS:
+                x = x[np.random.default_rng(0).choice(x.shape[0], PREVIEW_POINTS, replace=False)]
+        if not np.isfinite(x).all():
+            return None
+        return json.dumps({"reference": ((y[:PREVIEW_POINTS] - centre) @ axes.T).round(4).tolist(),
+                           "solver": ((x - centre) @ axes.T).round(4).tolist(),
+                           "dim": int(y.shape[1])})
+    except (ValueError, np.linalg.LinAlgError, TypeError):
+        return None
 
 
 def _curve(reference, result, n_points: int = 200) -> str:

@@ -1,13 +1,24 @@
-"""``gfbench report``: Markdown and self-contained HTML from results directories.
+"""``gfbench report``: a report that opens with the answer.
 
-Per task: a table of median [IQR] of every metric per solver configuration ×
-task configuration × t, with n_ok / n_failed and, where the original study
-published a number for the cell, that number beside ours; figures of log10
-SymKL against dimension (the original Figures 2 and 4), against t (Figure 6),
-metric against wall time (the cost–accuracy front), filtering densities and
-the SymKL box plot (Figure 5), and the logistic-regression table beside the
-published Table 2. The HTML embeds its figures, so it can be mailed or
-attached to a CI run as one file.
+One Markdown file and one self-contained HTML file (figures embedded) per
+call, from one or several results directories:
+
+1. a header — what was run, on what, when;
+2. a summary per task — the leaderboard's matrix (solvers × dimension or data
+   set: rank and median at the ranking time, colour-coded in the HTML), the
+   winner per group and the cost of each solver;
+3. a table of contents;
+4. the details per task — the leaderboard's tables per group, the metrics at
+   the ranking time, the original study's figures (log10 SymKL against the
+   dimension and against t, per estimator: Monte Carlo, grid and KDE SymKL
+   are never drawn on one axis), the cost–accuracy front (log–log, one colour
+   per solver, points marked by their dimension), small multiples of one
+   seed's solver law against the reference (1-D histograms; the reference's
+   first two principal components above 1-D — the study's Figure 3), the
+   filtering densities and box plot, the logistic-regression table beside
+   the published Table 2, and the failed runs and infinite scores.
+
+Labels show only the parameters that vary; metrics are named in words.
 """
 from __future__ import annotations
 
@@ -20,12 +31,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runners import aggregate, registry, store
+from runners import aggregate, leaderboard, store
 
 PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results"
-#: at most this many evaluation times per table/figure; more make them unreadable
+#: at most this many evaluation times per figure; more make them unreadable
 MAX_TIMES = 4
-SYMKL_METRICS = ("symkl", "symkl_kde", "symkl_grid")
+SYMKL_METRICS = ("symkl", "symkl_grid", "symkl_kde")
+#: task sections in this order, others after them alphabetically
+TASK_ORDER = ("ou", "stationary_gmm", "filtering_1d", "bayesian_logreg")
 
 
 # --- small writers -----------------------------------------------------------
@@ -40,6 +53,13 @@ def markdown_table(frame: pd.DataFrame) -> str:
     return "\n".join([header, rule, *body]) + "\n"
 
 
+def _drop_empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
+    """Columns whose every cell is empty or a dash say nothing: drop them."""
+    keep = [c for c in frame.columns
+            if not frame[c].astype(str).str.strip().isin(["", "—", "nan", "None"]).all()]
+    return frame[keep]
+
+
 class _Document:
     """Accumulates the same content as Markdown and as HTML."""
 
@@ -48,18 +68,31 @@ class _Document:
         self.html: list[str] = []
         self.figure_dir = figure_dir
         self.figures: list[Path] = []
+        self.toc: list[tuple[int, str, str]] = []
 
-    def heading(self, text: str, level: int = 2) -> None:
+    def heading(self, text: str, level: int = 2, anchor: str | None = None) -> None:
         self.md.append(f"{'#' * level} {text}\n")
-        self.html.append(f"<h{level}>{html.escape(text)}</h{level}>")
+        anchor = anchor or _anchor(text)
+        if level <= 3:
+            self.toc.append((level, text, anchor))
+        self.html.append(f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>')
 
     def text(self, text: str) -> None:
         self.md.append(text + "\n")
         self.html.append(f"<p>{html.escape(text)}</p>")
 
-    def table(self, frame: pd.DataFrame) -> None:
+    def table(self, frame: pd.DataFrame, colours: pd.DataFrame | None = None,
+              collapsed: str | None = None) -> None:
+        """A table; ``colours`` (same shape, CSS colours or '') shades HTML cells;
+        ``collapsed`` puts it in a closed <details> with that summary in the HTML."""
+        frame = _drop_empty_columns(frame)
+        if collapsed:
+            self.md.append(f"**{collapsed}**\n")
         self.md.append(markdown_table(frame))
-        self.html.append(frame.to_html(index=False, escape=True, border=0, na_rep="—"))
+        body = _html_table(frame, None if colours is None else colours[frame.columns])
+        if collapsed:
+            body = f"<details><summary>{html.escape(collapsed)}</summary>{body}</details>"
+        self.html.append(body)
 
     def figure(self, fig, name: str, caption: str) -> None:
         path = self.figure_dir / f"{name}.png"
@@ -69,8 +102,38 @@ class _Document:
         self.figures.append(path)
         self.md.append(f"![{caption}](figures/{path.name})\n\n_{caption}_\n")
         data = base64.b64encode(path.read_bytes()).decode("ascii")
-        self.html.append(f'<figure><img src="data:image/png;base64,{data}" alt="{html.escape(name)}">'
-                         f"<figcaption>{html.escape(caption)}</figcaption></figure>")
+        self.html.append(f'<figure><img src="data:image/png;base64,{data}" '
+                         f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
+                         "</figcaption></figure>")
+
+    def placeholder(self) -> int:
+        """Reserve a place (for the table of contents, written last)."""
+        self.md.append("")
+        self.html.append("")
+        return len(self.md) - 1
+
+    def fill(self, index: int, md: str, html_text: str) -> None:
+        self.md[index], self.html[index] = md, html_text
+
+
+def _anchor(text: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
+
+
+def _html_table(frame: pd.DataFrame, colours: pd.DataFrame | None) -> str:
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
+    rows = []
+    for i in range(len(frame)):
+        cells = []
+        for j, column in enumerate(frame.columns):
+            style = ""
+            if colours is not None:
+                colour = colours.iloc[i, j]
+                style = f' style="background:{colour}"' if colour else ""
+            cells.append(f"<td{style}>{html.escape(str(frame.iloc[i, j]))}</td>")
+        rows.append("<tr>" + "".join(cells) + "</tr>")
+    return (f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>'
+            + "".join(rows) + "</tbody></table></div>")
 
 
 def _close(fig) -> None:
@@ -90,6 +153,13 @@ def _plt():
     return plt, sns
 
 
+def _palette(labels, sns) -> dict[str, Any]:
+    """One colour per solver label, the same in every figure of the report."""
+    labels = sorted(set(labels), key=aggregate.natural_key)
+    colours = sns.color_palette("tab10" if len(labels) <= 10 else "husl", len(labels))
+    return dict(zip(labels, colours))
+
+
 # --- published numbers ---------------------------------------------------------
 def published_medians(directory: Path = PUBLISHED_DIR) -> pd.DataFrame:
     """The original study's medians we compare against (empty if not shipped)."""
@@ -101,7 +171,8 @@ def _published_for(row: pd.Series, published: pd.DataFrame, frame_row: pd.Series
     """Published SymKL for a summary row, as ``value (metric)``, or ''."""
     if published.empty:
         return ""
-    match = published[(published["task"] == row["task"]) & (published["solver"] == row["solver"])
+    solver = frame_row.get("solver", row.get("solver"))
+    match = published[(published["task"] == row["task"]) & (published["solver"] == solver)
                       & np.isclose(published["t"], float(row["t"]))]
     dim = frame_row.get("task.dim", 1.0)
     dim = 1.0 if dim is None or (isinstance(dim, float) and np.isnan(dim)) else float(dim)
@@ -117,69 +188,255 @@ def _published_for(row: pd.Series, published: pd.DataFrame, frame_row: pd.Series
     return f"{aggregate.format_number(best['value'])} ({best['metric']})"
 
 
-# --- sections ----------------------------------------------------------------------
-def _times_to_show(frame: pd.DataFrame, published: pd.DataFrame) -> list[float]:
-    times = sorted(frame["t"].unique())
-    if len(times) <= MAX_TIMES:
-        return times
-    task = frame["task"].iloc[0]
-    chosen = set()
-    if not published.empty:
-        for t in published.loc[published["task"] == task, "t"].unique():
-            chosen |= {x for x in times if np.isclose(x, t)}
-    chosen.add(times[-1])
-    for t in np.quantile(times, [0.0, 0.5]):
-        if len(chosen) >= MAX_TIMES:
-            break
-        chosen.add(min(times, key=lambda x: abs(x - t)))
-    return sorted(chosen)[:MAX_TIMES]
+# --- header and summary --------------------------------------------------------------------
+def _header(doc: _Document, frame: pd.DataFrame, dirs: list[Path], corrupt: list[Path]) -> None:
+    doc.heading("gfbench report", 1)
+    runs = frame.drop_duplicates("run_id")
+
+    def values(column: str) -> str:
+        found = sorted(map(str, runs[column].dropna().unique())) if column in runs else []
+        return ", ".join(found) if found else "—"
+
+    tasks = ", ".join(sorted(runs["task"].unique(), key=_task_order))
+    finished = pd.to_datetime(runs.get("finished_at"), errors="coerce", utc=True).dropna()
+    when = (f"{finished.min():%Y-%m-%d} to {finished.max():%Y-%m-%d}" if len(finished)
+            else "unknown dates")
+    statuses = ", ".join(f"{k} {v}" for k, v in sorted(runs["status"].value_counts().items()))
+    doc.text(f"{len(runs)} runs ({statuses}) of {runs['solver'].nunique()} solvers on {tasks}, "
+             f"finished {when}; results: {', '.join(map(str, dirs))}.")
+    doc.text(f"Machine: {values('host')} ({values('platform')}, {values('cpu_count')} cores; "
+             f"devices {values('device')}), {values('n_threads')} thread(s) per run; gfbench "
+             f"{values('gfbench_version')} at git {values('git_sha')[:80]}, torch "
+             f"{values('torch')}, numpy {values('numpy')}.")
+    if corrupt:
+        doc.text(f"Warning: {len(corrupt)} unreadable run files (corrupt, partial or foreign) "
+                 "are left out of everything below: " + ", ".join(p.name for p in corrupt) + ".")
 
 
-def _task_table(frame: pd.DataFrame, metrics: list[str], published: pd.DataFrame) -> pd.DataFrame:
-    summary = aggregate.summarise(frame, metrics + ["time_run"])
-    first_rows = frame.drop_duplicates(["label", "task_config"]).set_index(["label", "task_config"])
+def _task_order(task: str):
+    return (TASK_ORDER.index(task) if task in TASK_ORDER else len(TASK_ORDER), task)
+
+
+RANK_COLOURS = {1: "#b7e1b0", 2: "#def0d6", 3: "#f2f7e8"}
+FAILED_COLOUR = "#f4c7c3"
+
+
+def _matrix_colours(matrix: pd.DataFrame) -> pd.DataFrame:
+    """Rank 1 green, 2–3 lighter, failures red (the HTML summary's shading)."""
+    def colour(cell: str) -> str:
+        text = str(cell)
+        if text.startswith("failed"):
+            return FAILED_COLOUR
+        if text.startswith("#"):
+            rank = int(text[1:].split()[0])
+            return RANK_COLOURS.get(rank, "")
+        return ""
+
+    return matrix.map(colour)
+
+
+def _summary(doc: _Document, board: pd.DataFrame) -> None:
+    doc.heading("Summary", 2)
+    doc.text("Which solver wins, by how much, at what cost: per task and ranking metric, each "
+             "solver's rank (#) and median over seeds and data splits in each dimension or "
+             "data set at the ranking time, its wins and mean rank, and its median run time. "
+             "Ranks tie where the difference is within noise (the leaderboard's rule, below).")
+    for task in sorted(board["task"].unique(), key=_task_order):
+        for metric, part in board[board["task"] == task].groupby("metric", sort=False):
+            direction = "lower" if aggregate.lower_is_better(metric) else "higher"
+            doc.heading(f"{task}: {aggregate.metric_title(metric)} ({direction} is better)", 3,
+                        anchor=f"summary-{task}-{metric}")
+            matrix = leaderboard.matrix(part)
+            times = part.groupby("solver")["time_run_median"].median()
+            matrix["time per run"] = matrix["solver"].map(times).map(_seconds)
+            doc.table(matrix, _matrix_colours(matrix))
+            doc.text(_winners(part))
+
+
+def _seconds(value: float) -> str:
+    if value is None or not np.isfinite(value):
+        return "—"
+    from runners.estimate import format_duration
+
+    return format_duration(value) if value >= 1 else f"{value:.2g} s"
+
+
+def _winners(part: pd.DataFrame) -> str:
+    """One sentence: who is rank 1 where, and the best non-oracle entry."""
+    lines = []
+    for group, rows in sorted(part.groupby("group"), key=lambda kv: aggregate.natural_key(kv[0])):
+        first = rows[rows["rank"] == 1]["solver"].tolist()
+        if first:
+            lines.append(f"{group}: {', '.join(first)}")
+    text = "Rank 1 — " + "; ".join(lines) + "." if lines else "No ranked entry."
+    solvers = part[part["solver"] != "exact"].dropna(subset=["rank"])
+    if len(solvers):
+        mean = solvers.groupby("solver")["rank"].mean().sort_values()
+        text += (f" Best mean rank without the oracle: {mean.index[0]} "
+                 f"({aggregate.format_number(mean.iloc[0])}).")
+    return text
+
+
+# --- task sections ------------------------------------------------------------------------
+def _task_section(doc: _Document, task: str, frame: pd.DataFrame, board: pd.DataFrame,
+                  published: pd.DataFrame) -> None:
+    info = aggregate.task_info(task)
+    doc.heading(f"Task `{task}`", 2, anchor=f"task-{task}")
+    if info.get("description"):
+        doc.text(info["description"])
+    counts = frame.drop_duplicates("run_id")["status"].value_counts().to_dict()
+    doc.text("Runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".")
+    provenance = sorted(frame["reference_provenance"].dropna().astype(str).unique()) \
+        if "reference_provenance" in frame else []
+    if provenance:
+        doc.text("Reference: " + " / ".join(dict.fromkeys(p.split("; error_estimate")[0]
+                                                          for p in provenance)))
+    _reference_facts(doc, frame)
+    part = board[board["task"] == task]
+    if not part.empty:
+        doc.heading(f"{task}: leaderboard per group", 3)
+        doc.text(leaderboard.RULE)
+        for (metric, group), rows in part.groupby(["metric", "group"], sort=False):
+            doc.table(leaderboard.detail_table(rows),
+                      collapsed=f"{aggregate.metric_title(metric)}, {group}")
+    metrics = aggregate.metric_columns(frame)
+    ranked = aggregate.final_time_rows(frame.assign(group=aggregate.group_labels(frame)))
+    doc.heading(f"{task}: every metric at the ranking time", 3)
+    doc.table(_metrics_table(ranked, metrics, published))
+    _figures(doc, task, frame, metrics)
+    if task == "bayesian_logreg":
+        _blr_section(doc, frame, metrics)
+    _failures(doc, frame, info)
+    full = _metrics_table(frame, metrics, published, all_times=True)
+    if full["t"].nunique() > 1:
+        doc.heading(f"{task}: every metric at every time", 3)
+        doc.table(full, collapsed=f"{len(full)} rows: median [IQR] ±Monte Carlo error")
+
+
+def _reference_facts(doc: _Document, frame: pd.DataFrame) -> None:
+    """A reference's own error as the rows state it (stationarity gap, grid refinement)."""
+    if "reference_info" not in frame:
+        return
+    groups = aggregate.group_labels(frame)
+    facts = frame.dropna(subset=["reference_info"]).drop_duplicates(["task_config", "seed", "t"])
+    records = []
+    for index, row in facts.iterrows():
+        try:
+            info = json.loads(row["reference_info"])
+        except (TypeError, ValueError):
+            continue
+        if "stationarity_symkl" in info:
+            records.append({"group": groups[index], "t": row["t"], **info})
+    if not records:
+        return
+    table = pd.DataFrame(records).groupby(["group", "t"]).median(numeric_only=True).reset_index()
+    table = table.iloc[sorted(range(len(table)), key=lambda i: (
+        aggregate.natural_key(table["group"][i]), table["t"][i]))]
+    doc.text("How far the flow still is from the reference ρ* at each time (an Euler–Maruyama "
+             "estimate of ρ_t's mode masses, median over seeds): a solver that follows the "
+             "flow exactly scores about this, not 0.")
+    doc.table(pd.DataFrame({
+        "group": table["group"], "t": table["t"].map(aggregate.format_number),
+        "SymKL(ρ_t, ρ*)": table["stationarity_symkl"].map(aggregate.format_number),
+        "energy(ρ_t, ρ*)": table["stationarity_energy"].map(aggregate.format_number),
+        "mode-mass TV": table["stationarity_mode_mass_tv"].map(aggregate.format_number)}),
+        collapsed="stationarity gap per dimension and time")
+
+
+def _metrics_table(frame: pd.DataFrame, metrics: list[str], published: pd.DataFrame,
+                   all_times: bool = False) -> pd.DataFrame:
+    """Rows = solver × group (× t), columns = metrics in words: median [IQR] ±MC error."""
+    frame = frame.assign(group=aggregate.group_labels(frame))
+    summary = aggregate.summarise(frame, metrics + ["time_run"],
+                                  keys=["task", "group", "label", "t"])
+    first = frame.drop_duplicates(["label", "group"]).set_index(["label", "group"])
     rows = []
     for _, row in summary.iterrows():
-        frame_row = first_rows.loc[(row["label"], row["task_config"])]
-        out: dict[str, Any] = {"solver": row["label"], "task": row["task_config"],
-                               "t": aggregate.format_number(row["t"]),
-                               "ok/failed": f"{row['n_ok']}/{row['n_failed']}"}
-        out.update({m: aggregate.median_iqr(row, m) for m in metrics})
-        out["time_run [s]"] = aggregate.format_number(row["time_run_median"])
+        out: dict[str, Any] = {"solver": row["label"], "group": row["group"]}
+        if all_times:
+            out["t"] = aggregate.format_number(row["t"])
+        out["runs ok/failed"] = f"{row['n_ok']}/{row['n_failed']}"
+        out.update({aggregate.metric_title(m): aggregate.median_iqr(row, m, with_se=True)
+                    for m in metrics})
+        out["time [s]"] = aggregate.format_number(row["time_run_median"])
         if not published.empty:
-            out["published"] = _published_for(row, published, frame_row)
+            out["study"] = _published_for(row, published, first.loc[(row["label"],
+                                                                     row["group"])])
         rows.append(out)
     table = pd.DataFrame(rows)
-    order = sorted(range(len(table)), key=lambda i: (aggregate.natural_key(table["task"][i]),
-                                                     table["solver"][i], float(summary["t"][i])))
-    table = table.iloc[order].reset_index(drop=True)
-    if "published" in table and not table["published"].astype(bool).any():
-        table = table.drop(columns="published")
-    return table
+    if table.empty:
+        return table
+    order = sorted(range(len(table)), key=lambda i: (
+        aggregate.natural_key(table["group"][i]), table["solver"][i],
+        float(summary["t"][i])))
+    return table.iloc[order].reset_index(drop=True)
 
 
-def _figure_vs(doc: _Document, frame: pd.DataFrame, task: str, x: str, facet: str,
-               y: str, ylabel: str, log: bool, name: str, caption: str) -> None:
+# --- figures ------------------------------------------------------------------------------------
+def _figures(doc: _Document, task: str, frame: pd.DataFrame, metrics: list[str]) -> None:
+    ok = frame[frame["status"] == "ok"]
     plt, sns = _plt()
-    data = frame.dropna(subset=[y, x])
+    palette = _palette(frame["label"], sns)
+    has_dim = "task.dim" in ok.columns and pd.to_numeric(ok["task.dim"], errors="coerce").nunique() > 1
+    estimators = [m for m in SYMKL_METRICS if m in metrics]
+    if has_dim:
+        data = ok.assign(**{"task.dim": pd.to_numeric(ok["task.dim"])})
+        times = _times_to_show(data)
+        for metric in estimators + [m for m in ("energy",) if m in metrics]:
+            log = metric != "energy"
+            _figure_vs(doc, data[data["t"].isin(times)], palette, "task.dim", "t", metric, log,
+                       f"{task}_{metric}_dim",
+                       f"{task}: median {'log10 ' if log else ''}"
+                       f"{aggregate.metric_title(metric)} against the dimension, one panel per "
+                       "time, band = interquartile range over seeds"
+                       + (" (values <= 0, such as the oracle's exact 0, cannot be drawn)."
+                          if log else "."))
+        if data["t"].nunique() > 1:
+            dims = sorted(data["task.dim"].unique())
+            if len(dims) > MAX_TIMES:
+                dims = [dims[i] for i in np.linspace(0, len(dims) - 1, MAX_TIMES).round()
+                        .astype(int)]
+            for metric in estimators:
+                _figure_vs(doc, data[data["task.dim"].isin(dims)], palette, "t", "task.dim",
+                           metric, True, f"{task}_{metric}_t",
+                           f"{task}: median log10 {aggregate.metric_title(metric)} against t, "
+                           f"one panel per dimension ({', '.join(str(int(d)) for d in dims)}).")
+    for metric in leaderboard.ranking_metrics(task, frame):
+        _cost_figure(doc, frame, palette, metric, f"{task}_{metric}_cost")
+    _preview_figures(doc, task, frame, palette)
+    _density_figures(doc, frame, task, palette)
+
+
+def _times_to_show(frame: pd.DataFrame) -> list[float]:
+    """At most MAX_TIMES evaluation times: the ones most solvers share, spread out."""
+    counts = frame.groupby("t")["label"].nunique()
+    shared = counts[counts == counts.max()].index.tolist()
+    if len(shared) <= MAX_TIMES:
+        return sorted(shared)
+    picks = np.linspace(0, len(shared) - 1, MAX_TIMES).round().astype(int)
+    return sorted(shared[i] for i in picks)
+
+
+def _figure_vs(doc: _Document, frame: pd.DataFrame, palette: dict, x: str, facet: str, y: str,
+               log: bool, name: str, caption: str) -> None:
+    plt, sns = _plt()
+    data = frame.assign(**{y: pd.to_numeric(frame[y], errors="coerce")}).dropna(subset=[y, x])
+    data = data[np.isfinite(data[y])]
     if log:
         data = data[data[y] > 0].assign(**{y: lambda d: np.log10(d[y])})
     if data.empty or data[x].nunique() < 2:
         return
     facets = sorted(data[facet].unique())
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.2 * len(facets), 3.4), squeeze=False,
+    fig, axes = plt.subplots(1, len(facets), figsize=(4.0 * len(facets), 3.3), squeeze=False,
                              sharey=True)
-    # one colour per solver across all panels, and one legend listing every solver
     labels = sorted(data["label"].unique(), key=aggregate.natural_key)
-    palette = dict(zip(labels, sns.color_palette("tab10" if len(labels) <= 10 else "husl",
-                                                 len(labels))))
     for ax, value in zip(axes[0], facets):
         part = data[data[facet] == value]
         sns.lineplot(data=part, x=x, y=y, hue="label", palette=palette, estimator="median",
                      errorbar=("pi", 50), marker="o", ax=ax, legend=False)
         ax.set_title(f"{facet.replace('task.', '')} = {aggregate.format_number(value)}")
         ax.set_xlabel(x.replace("task.", ""))
-        ax.set_ylabel(("log10 " if log else "") + ylabel)
+        ax.set_ylabel(("log10 " if log else "") + aggregate.metric_title(y))
     handles = [plt.Line2D([], [], color=palette[label], marker="o", label=label)
                for label in labels]
     axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1.0), loc="upper left",
@@ -187,26 +444,97 @@ def _figure_vs(doc: _Document, frame: pd.DataFrame, task: str, x: str, facet: st
     doc.figure(fig, name, caption)
 
 
-def _cost_figure(doc: _Document, frame: pd.DataFrame, metric: str, name: str) -> None:
+def _cost_figure(doc: _Document, frame: pd.DataFrame, palette: dict, metric: str,
+                 name: str) -> None:
+    """Median metric against median run time, log–log, one colour per solver, points
+    marked by their dimension (or data set)."""
     plt, sns = _plt()
-    ok = aggregate.final_time_rows(frame[frame["status"] == "ok"])
-    data = ok.assign(value=pd.to_numeric(ok[metric], errors="coerce")).dropna(subset=["value"])
-    data = data.groupby(["label", "task_config"], as_index=False)[["value", "time_run"]].median()
+    ok = frame[frame["status"] == "ok"]
+    ok = aggregate.final_time_rows(ok.assign(group=aggregate.group_labels(ok)))
+    data = ok.assign(value=pd.to_numeric(ok[metric], errors="coerce"),
+                     seconds=pd.to_numeric(ok["time_run"], errors="coerce")
+                     + pd.to_numeric(ok["time_setup"], errors="coerce"))
+    data = data[np.isfinite(data["value"]) & (data["seconds"] > 0)]
+    # medians of every value first: dropping the noise below 0 before would bias them up
+    data = data.groupby(["label", "group"], as_index=False)[["value", "seconds"]].median()
+    data = data[data["value"] > 0]
     if data.empty:
         return
-    fig, ax = plt.subplots(figsize=(5.5, 3.8))
-    sns.scatterplot(data=data, x="time_run", y="value", hue="label", style="label", s=50, ax=ax)
+    fig, ax = plt.subplots(figsize=(6.8, 4.4))
+    for label, part in data.groupby("label"):
+        part = part.iloc[sorted(range(len(part)), key=lambda i: aggregate.natural_key(
+            part["group"].iloc[i]))]
+        ax.plot(part["seconds"], part["value"], "-o", color=palette[label], label=label,
+                lw=0.8, ms=4, alpha=0.9)
+        for _, row in part.iterrows():
+            ax.annotate(_short_group(row["group"]), (row["seconds"], row["value"]),
+                        fontsize=6, xytext=(2, 2), textcoords="offset points",
+                        color=palette[label])
     ax.set_xscale("log")
-    if (data["value"] > 0).all():
-        ax.set_yscale("log")
-    ax.set_xlabel("median run time [s]")
-    ax.set_ylabel(f"median {metric} at final t")
-    ax.legend(bbox_to_anchor=(1.02, 1.0), loc="upper left")
-    doc.figure(fig, name, f"Cost–accuracy: {metric} against run time, one point per solver and "
-                          "task configuration (median over seeds).")
+    ax.set_yscale("log")
+    ax.set_xlabel("median time per run (set-up + solve) [s]")
+    ax.set_ylabel(f"median {aggregate.metric_title(metric)}")
+    ax.legend(bbox_to_anchor=(1.02, 1.0), loc="upper left", fontsize="small", title="solver")
+    doc.figure(fig, name, f"Cost–accuracy: {aggregate.metric_title(metric)} against time per "
+                          "run, log–log; one colour per solver, each point one dimension or "
+                          "data set (its label), median over seeds at the ranking time; "
+                          "values <= 0 cannot be drawn.")
 
 
-def _density_figures(doc: _Document, frame: pd.DataFrame, task: str) -> None:
+def _short_group(group: str) -> str:
+    """``dim=12`` → ``12``; ``dataset=german, protocol=study`` → ``german study``."""
+    parts = [p.split("=", 1)[-1] for p in str(group).split(", ")]
+    return " ".join(parts)
+
+
+def _preview_figures(doc: _Document, task: str, frame: pd.DataFrame, palette: dict) -> None:
+    """Small multiples: each solver's law (seed 0, last time) against the reference."""
+    if "preview" not in frame:
+        return
+    rows = frame[(frame["status"] == "ok")].dropna(subset=["preview"])
+    if rows.empty:
+        return
+    rows = rows.assign(group=aggregate.group_labels(rows))
+    groups = sorted(rows["group"].unique(), key=aggregate.natural_key)
+    if len(groups) > 3:  # the smallest, a middle and the largest configuration
+        groups = [groups[0], groups[len(groups) // 2], groups[-1]]
+    plt, _ = _plt()
+    for group in groups:
+        part = rows[rows["group"] == group].drop_duplicates("label")
+        part = part.iloc[sorted(range(len(part)), key=lambda i: aggregate.natural_key(
+            part["label"].iloc[i]))]
+        n = len(part)
+        cols = min(n, 5)
+        nrows = -(-n // cols)
+        fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.4 * nrows), squeeze=False,
+                                 sharex=True, sharey=True)
+        one_d = None
+        for ax, (_, row) in zip(axes.flat, part.iterrows()):
+            data = json.loads(row["preview"])
+            ref, sol = np.asarray(data["reference"]), np.asarray(data["solver"])
+            one_d = ref.shape[1] == 1
+            if one_d:
+                bins = np.linspace(min(ref.min(), sol.min()), max(ref.max(), sol.max()), 40)
+                ax.hist(ref[:, 0], bins=bins, density=True, color="0.8", label="reference")
+                ax.hist(sol[:, 0], bins=bins, density=True, histtype="step",
+                        color=palette[row["label"]], lw=1.4)
+            else:
+                ax.scatter(ref[:, 0], ref[:, 1], s=2, color="0.75", label="reference")
+                ax.scatter(sol[:, 0], sol[:, 1], s=2, color=palette[row["label"]], alpha=0.7)
+            ax.set_title(row["label"], fontsize=8)
+            ax.set_xlabel("x" if one_d else "PC 1", fontsize=7)
+            ax.set_ylabel("density" if one_d else "PC 2", fontsize=7)
+        for ax in list(axes.flat)[n:]:
+            ax.axis("off")
+        kind = ("histograms" if one_d else "the reference's first two principal components "
+                "(grey: reference)")
+        t = aggregate.format_number(part["t"].iloc[0])
+        doc.figure(fig, f"{task}_preview_{_anchor(group)}",
+                   f"{task}, {group}: each solver's law (seed 0, t = {t}) against the reference, "
+                   f"500 points each, {kind}.")
+
+
+def _density_figures(doc: _Document, frame: pd.DataFrame, task: str, palette: dict) -> None:
     """Densities of one seed over the reference, and the SymKL box plot (Figure 5)."""
     plt, sns = _plt()
     ok = frame[(frame["status"] == "ok")]
@@ -223,7 +551,7 @@ def _density_figures(doc: _Document, frame: pd.DataFrame, task: str) -> None:
         if not reference_drawn:
             ax.fill_between(curve["x"], curve["reference"], color="0.85", label="reference")
             reference_drawn = True
-        ax.plot(curve["x"], curve["solver"], label=label, lw=1.2)
+        ax.plot(curve["x"], curve["solver"], label=label, lw=1.2, color=palette[label])
     ax.set_xlabel("x")
     ax.set_ylabel(f"density at t = {aggregate.format_number(t_final)}")
     ax.legend(bbox_to_anchor=(1.02, 1.0), loc="upper left", fontsize="small")
@@ -239,7 +567,8 @@ def _density_figures(doc: _Document, frame: pd.DataFrame, task: str) -> None:
         ax.set_xlabel("")
         ax.tick_params(axis="x", rotation=30)
         ax.set_ylabel(aggregate.metric_title(metric))
-        doc.figure(fig, f"{task}_symkl_box", f"{task}: SymKL to the reference over seeds.")
+        doc.figure(fig, f"{task}_symkl_box", f"{task}: {aggregate.metric_title(metric)} to the "
+                                             "reference over seeds.")
 
 
 #: what each ``bayesian_logreg`` protocol means, for the table headings
@@ -333,12 +662,13 @@ def _blr_section(doc: _Document, frame: pd.DataFrame, metrics: list[str]) -> Non
         doc.table(table)
 
 
-def _failures(doc: _Document, frame: pd.DataFrame) -> None:
+
+
+def _failures(doc: _Document, frame: pd.DataFrame, info: dict) -> None:
     """Failed runs, and ok runs whose ranking metric is infinite (a catastrophe, not n/a)."""
     failed = frame[frame["status"].isin(aggregate.FAILED_STATUSES)].drop_duplicates("run_id")
-    task_cls = registry.tasks().get(frame["task"].iloc[0])
     infinite = []
-    for metric in (task_cls.rankings() if task_cls is not None else ()):
+    for metric in info.get("rankings", []):
         if metric in frame:
             rows = frame[(frame["status"] == "ok")
                          & np.isinf(pd.to_numeric(frame[metric], errors="coerce"))]
@@ -354,83 +684,17 @@ def _failures(doc: _Document, frame: pd.DataFrame) -> None:
     table["error"] = table["error"].fillna("").astype(str).str.split("\n").str[0] \
         .str.slice(0, 160)
     doc.heading("Failed runs and infinite scores", 3)
-    doc.table(table.rename(columns={"label": "solver", "task_config": "task"}))
-
-
-def _task_section(doc: _Document, task: str, frame: pd.DataFrame,
-                  published: pd.DataFrame) -> None:
-    metrics = aggregate.metric_columns(frame)
-    task_cls = registry.tasks().get(task)
-    doc.heading(f"Task `{task}`", 2)
-    if task_cls is not None and task_cls.description:
-        doc.text(task_cls.description)
-    counts = frame.drop_duplicates("run_id")["status"].value_counts().to_dict()
-    doc.text("Runs: " + ", ".join(f"{k} {v}" for k, v in sorted(counts.items())) + ".")
-    provenance = frame["reference_provenance"].dropna().unique() \
-        if "reference_provenance" in frame else []
-    if len(provenance):
-        doc.text("Reference: " + "; ".join(map(str, provenance[:3])))
-    times = _times_to_show(frame, published)
-    shown = frame[frame["t"].isin(times)]
-    doc.table(_task_table(shown, metrics, published))
-    ok = shown[shown["status"] == "ok"]
-    # one estimator per axis: Monte Carlo, grid and KDE SymKL differ in bias by orders of magnitude
-    estimators = [m for m in SYMKL_METRICS if m in metrics]
-    if "task.dim" in ok.columns and ok["task.dim"].nunique() > 1:
-        ok = ok.assign(**{"task.dim": pd.to_numeric(ok["task.dim"])})
-        for metric in estimators:
-            _figure_vs(doc, ok, task, "task.dim", "t", metric, aggregate.metric_title(metric),
-                       True, f"{task}_{metric}_dim",
-                       f"{task}: median log10 {aggregate.metric_title(metric)} against dimension, "
-                       "band = IQR over seeds (values <= 0, e.g. the oracle's exact 0, are not "
-                       "drawn).")
-        if "energy" in metrics:
-            _figure_vs(doc, ok, task, "task.dim", "t", "energy", "energy distance", False,
-                       f"{task}_energy_dim",
-                       f"{task}: energy distance against dimension (density-free).")
-    all_ok = frame[frame["status"] == "ok"]
-    if all_ok["t"].nunique() > 1:
-        facet = "task.dim" if "task.dim" in all_ok.columns else "task_config"
-        dims = sorted(all_ok[facet].unique())
-        if len(dims) > MAX_TIMES:
-            dims = [dims[i] for i in np.linspace(0, len(dims) - 1, MAX_TIMES).round().astype(int)]
-        for metric in estimators:
-            _figure_vs(doc, all_ok[all_ok[facet].isin(dims)], task, "t", facet, metric,
-                       aggregate.metric_title(metric), True, f"{task}_{metric}_t",
-                       f"{task}: median log10 {aggregate.metric_title(metric)} against t per "
-                       "dimension.")
-    task_cls = registry.tasks().get(task)
-    rankings = task_cls.rankings() if task_cls is not None else ()
-    for metric in [m for m in rankings if m in metrics]:
-        _cost_figure(doc, frame, metric, f"{task}_{metric}_cost")
-    _density_figures(doc, frame, task)
-    if task == "bayesian_logreg":
-        _blr_section(doc, frame, metrics)
-    _failures(doc, frame)
-
-
-def _header(doc: _Document, frame: pd.DataFrame, dirs: list[Path]) -> None:
-    doc.heading("gfbench report", 1)
-    runs = frame.drop_duplicates("run_id")
-    def values(column: str) -> str:
-        return ", ".join(sorted(map(str, runs[column].dropna().unique()))) \
-            if column in runs else "—"
-    doc.text(f"Results: {', '.join(map(str, dirs))}. {len(runs)} runs, {len(frame)} rows. "
-             f"gfbench {values('gfbench_version')}, git {values('git_sha')}, "
-             f"torch {values('torch')}, numpy {values('numpy')}; hosts: {values('host')}; "
-             f"devices: {values('device')}.")
-    metrics = registry.metrics()
-    described = [f"{name}: {m.description}" for name, m in metrics.items()
-                 if name in aggregate.metric_columns(frame)]
-    if described:
-        doc.text("Metrics (median [IQR] over seeds; ok runs only). " + " | ".join(described))
+    doc.table(table.rename(columns={"label": "solver", "task_config": "task"}),
+              collapsed=f"{len(table)} runs" if len(table) > 20 else None)
 
 
 HTML_HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>gfbench report</title>
-<style>body{font-family:sans-serif;max-width:1200px;margin:2em auto;padding:0 1em}
-table{border-collapse:collapse;font-size:0.85em;margin:1em 0}
-td,th{border-bottom:1px solid #ddd;padding:3px 8px;text-align:left}
-figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}</style>
+<style>body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;
+line-height:1.4}table{border-collapse:collapse;font-size:0.82em;margin:0.6em 0}
+td,th{border-bottom:1px solid #ddd;padding:2px 7px;text-align:left;white-space:nowrap}
+th{position:sticky;top:0;background:#fafafa}.wide{overflow-x:auto;max-width:100%}
+figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}
+details{margin:0.4em 0}summary{cursor:pointer;color:#235}nav ul{columns:2}</style>
 </head><body>"""
 
 
@@ -451,18 +715,27 @@ def write_report(dirs: list[Path], out: Path, frame: pd.DataFrame | None = None,
     if frame is None:
         frame, corrupt = store.load_checked(dirs)
     doc = _Document(out / "figures")
-    if corrupt:
-        doc.text(f"Warning: {len(corrupt)} unreadable run files (corrupt, partial or foreign) "
-                 "are left out of everything below: " + ", ".join(p.name for p in corrupt) + ".")
     if frame.empty:
         doc.heading("gfbench report", 1)
         doc.text("No finished runs in " + ", ".join(map(str, dirs)) + ".")
     else:
         frame = frame.assign(label=aggregate.solver_labels(frame))
-        _header(doc, frame, dirs)
+        _header(doc, frame, dirs, corrupt or [])
+        board = leaderboard.build_leaderboard(frame)
+        if not board.empty:
+            _summary(doc, board)
+        toc = doc.placeholder()
         published = published_medians()
-        for task, part in frame.groupby("task", sort=True):
-            _task_section(doc, task, part.dropna(axis=1, how="all"), published)
+        for task in sorted(frame["task"].unique(), key=_task_order):
+            part = frame[frame["task"] == task].dropna(axis=1, how="all")
+            _task_section(doc, task, part, board, published)
+        entries = [(level, text, anchor) for level, text, anchor in doc.toc if level == 2
+                   and text != "Summary"]
+        doc.fill(toc, "## Contents\n\n" + "\n".join(f"- [{text}](#{anchor})"
+                                                    for _, text, anchor in entries) + "\n",
+                 '<nav><h2>Contents</h2><ul>' + "".join(
+                     f'<li><a href="#{a}">{html.escape(t)}</a></li>' for _, t, a in entries)
+                 + "</ul></nav>")
     md_path, html_path = out / "report.md", out / "report.html"
     store.atomic_write_text(md_path, "\n".join(doc.md))
     store.atomic_write_text(html_path, HTML_HEAD + "\n".join(doc.html) + "</body></html>\n")

@@ -119,6 +119,6 @@ def test_profile_blocks_may_set_their_own_seeds(gfbench, tmp_path):
                        "[[grid]]\ntasks.ou = { dim = [1] }\nsolvers.exact = {}\n"
                        "[[grid]]\nseeds = 5\ntasks.ou = { dim = [2] }\nsolvers.exact = {}\n")
     code, stdout, _ = gfbench("run", "--profile", profile, "--dry-run")
-    assert code == 0 and stdout.strip().endswith("7 runs")
+    assert code == 0 and stdout.strip().splitlines()[-1].startswith("7 runs,")
     code, stdout, _ = gfbench("run", "--profile", profile, "--seeds", "1", "--dry-run")
     assert code == 0 and stdout.strip().endswith("2 runs")

@@ -58,7 +58,7 @@ def test_failing_solvers_become_status_rows_and_the_grid_completes(gfbench, tmp_
         "run", "--task", "ou", "-P", "ou.dim=1", "--times", "0.1", "--seeds", "1",
         "--solver", "exact", "--solver", "faulty_solvers:Raises",
         "--solver", "faulty_solvers:ReturnsNaN", "--solver", "faulty_solvers:Hangs",
-        "--solver", "faulty_solvers:KillsItself", "--timeout", "8", "-j", "2",
+        "--solver", "faulty_solvers:KillsItself", "--timeout", "15", "-j", "2",
         "--metrics", "energy", "--quiet", "--out", out)
     assert code == 1  # not every run ok
     frame = store.load(out).set_index("solver_path")

@@ -1,0 +1,188 @@
+"""Tests of the SCVM solver: divergence, integrator, densities, a tiny OU fit, seeds, parameters."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from solvers.base import RunContext
+from solvers.scvm import (Scvm, ibp_loss, init_velocity_net, rk4_path, time_features,
+                          velocity)
+from tasks.filtering_1d import Filtering1D
+from tasks.ou import OrnsteinUhlenbeck
+
+#: a tiny configuration that fits 1-D and 2-D OU (task seed 100) in about a second
+TINY = dict(iters=TINY_ITERS, batch_size=128, n_times=5, width=32, lr=1e-2, ode_steps=16,
+            n_samples=500)
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """One torch thread (the machine is shared; the runner pins runs the same way)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _random_net(dim, width=16, seed=0, dtype=torch.float64):
+    """A random network with non-zero biases and LayerNorm shifts (a generic point)."""
+    gen = torch.Generator().manual_seed(seed)
+    params = init_velocity_net(dim, width, 3, gen, dtype)
+    with torch.no_grad():
+        for key, value in params.items():
+            if key.endswith(".b") or key.startswith("ln"):
+                value.add_(0.3 * torch.randn(value.shape, generator=gen, dtype=dtype))
+    return params
+
+
+_TRAINED: dict = {}
+
+
+def _trained(dim, times=(0.25, 0.5), solver_seed=1, **params):
+    """A tiny SCVM run on OU (task seed 100), cached per configuration."""
+    key = (dim, tuple(times), solver_seed, tuple(sorted(params.items())))
+    if key not in _TRAINED:
+        task = OrnsteinUhlenbeck(np.random.SeedSequence(100), dim=dim)
+        solver = Scvm(**{**TINY, **params})
+        solver.setup(task, list(times), np.random.SeedSequence(solver_seed), RunContext())
+        _TRAINED[key] = task, solver, solver.run()
+    return _TRAINED[key]
+
+
+def test_divergence_in_the_forward_pass_equals_the_autograd_trace():
+    dim = 4
+    params = _random_net(dim)
+    times = torch.tensor([0.0, 0.3, 0.8], dtype=torch.float64)
+    x = torch.randn(3, 6, dim, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    feats = time_features(params, times)
+    v, div = velocity(params, x, feats, exact_div=True)
+    xr = x.clone().requires_grad_(True)
+    vr, _ = velocity(params, xr, feats)
+    trace = sum(torch.autograd.grad(vr[..., d].sum(), xr, retain_graph=True)[0][..., d]
+                for d in range(dim))
+    torch.testing.assert_close(v, vr, rtol=0, atol=0)
+    torch.testing.assert_close(div, trace, rtol=1e-12, atol=1e-12)
+    # Hutchinson with the unit vectors as probes is the exact trace / D; random probes
+    # are unbiased (20000 probes: standard error ~ 0.02 here)
+    _, div_unit = velocity(params, x, feats, probes=torch.eye(dim, dtype=torch.float64))
+    torch.testing.assert_close(div_unit * dim, div, rtol=1e-12, atol=1e-12)
+    probes = torch.randn(3, 6, 20000, dim, generator=torch.Generator().manual_seed(2),
+                         dtype=torch.float64)
+    _, div_mc = velocity(params, x, feats, probes=probes)
+    assert float((div_mc - div).abs().max()) < 0.15
+
+
+def test_ibp_loss_gradient_is_the_velocity_matching_gradient_on_a_gaussian():
+    """E|v|² − 2E[v·b + div v] and E|v − b + ∇log ρ|² differ by a θ-free constant."""
+    dim, n = 2, 200000
+    params = _random_net(dim, seed=3)
+    times = torch.tensor([0.4], dtype=torch.float64)
+    x = torch.randn(1, n, dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    drift = -0.5 * x + 0.2                        # some b; ρ = N(0, I): ∇log ρ = −x
+    ibp = ibp_loss(params, x, times, drift, 1.0)
+    g_ibp = torch.autograd.grad(ibp, list(params.values()), allow_unused=True)
+    v, _ = velocity(params, x, time_features(params, times))
+    direct = ((v - drift - x) ** 2).sum(-1).mean()
+    g_direct = torch.autograd.grad(direct, list(params.values()), allow_unused=True)
+    num = sum(float(((a - b) ** 2).sum()) for a, b in zip(g_ibp, g_direct) if a is not None)
+    den = sum(float((b ** 2).sum()) for b in g_direct if b is not None)
+    assert (num / den) ** 0.5 < 0.05
+
+
+def test_rk4_backward_integration_inverts_the_forward_one():
+    params = _random_net(3, seed=5)
+    x0 = torch.randn(50, 3, generator=torch.Generator().manual_seed(6), dtype=torch.float64)
+    y, logp = rk4_path(params, x0, 0.0, 0.7, 40, torch.zeros(50, dtype=torch.float64))
+    x_back, div_integral = rk4_path(params, y, 0.7, 0.0, 40,
+                                    torch.zeros(50, dtype=torch.float64))
+    torch.testing.assert_close(x_back, x0, rtol=0, atol=1e-6)
+    # forward accumulates −∫div, backward +∫div (see Scvm.pull)
+    torch.testing.assert_close(div_integral, -logp, rtol=0, atol=1e-6)
+    # the log-density change is the log-determinant of the flow map (finite differences)
+    eps = 1e-5
+    cols = []
+    for d in range(3):
+        e = torch.zeros(3, dtype=torch.float64)
+        e[d] = eps
+        plus, _ = rk4_path(params, x0[:1] + e, 0.0, 0.7, 40)
+        minus, _ = rk4_path(params, x0[:1] - e, 0.0, 0.7, 40)
+        cols.append((plus - minus)[0] / (2 * eps))
+    logdet = torch.logdet(torch.stack(cols, 1))
+    assert abs(float(logdet + logp[0])) < 1e-4
+
+
+@pytest.mark.parametrize("dim", [1, 2])
+def test_learned_velocity_is_close_to_the_exact_ou_velocity(dim):
+    task, solver, _ = _trained(dim)
+    a, b = task.quadratic_potential()
+    for t in (0.1, 0.25, 0.5):
+        mean, cov = task.marginal(t)
+        x = task.reference(t).sample(2000, np.random.default_rng(0))
+        exact = -(x - b) @ a + (x - mean) @ np.linalg.inv(cov) / task.beta
+        err = np.sqrt(((solver.velocity_at(t, x) - exact) ** 2).sum(1).mean()
+                      / (exact ** 2).sum(1).mean())
+        assert err < VEL_BOUND, (dim, t, err)
+
+
+def test_log_density_is_normalised_and_close_to_the_exact_density():
+    task, _, results = _trained(1)
+    for t in (0.25, 0.5):
+        mean, cov = task.marginal(t)
+        sd = float(np.sqrt(cov[0, 0]))
+        grid = np.linspace(mean[0] - 8 * sd, mean[0] + 8 * sd, 2001)
+        p = np.exp(results[t].log_density(grid[:, None]))
+        q = np.exp(task.reference(t).log_density(grid[:, None]))
+        assert abs(np.trapezoid(p, grid) - 1.0) < 1e-2
+        assert np.trapezoid(np.abs(p - q), grid) < DENS_BOUND  # total variation × 2
+
+
+def test_draw_and_log_density_round_trip():
+    _, solver, results = _trained(2)
+    result = results[0.5]
+    x, logp = result.draw(300, np.random.default_rng(3))
+    assert x.shape == (300, 2) and x.dtype == np.float64 and logp.shape == (300,)
+    np.testing.assert_allclose(result.log_density(x), logp, rtol=0, atol=2e-4)
+    # backward then forward returns the starting point
+    x0, _ = solver.pull(x, 0.5)
+    y, _ = solver.push(x0, 0.5)
+    np.testing.assert_allclose(y, x, rtol=0, atol=1e-4)
+    assert result.samples.shape == (500, 2) and np.isfinite(result.samples).all()
+    assert set(results) == {0.25, 0.5}
+    assert result.info["divergence"] == "exact" and len(result.info["loss_curve"]) > 0
+
+
+def _tiny_samples(solver_seed, **params):
+    task = OrnsteinUhlenbeck(np.random.SeedSequence(0), dim=2)
+    solver = Scvm(**{**TINY, "iters": 5, "width": 8, **params})
+    solver.setup(task, [0.3], np.random.SeedSequence(solver_seed), RunContext())
+    result = solver.run()[0.3]
+    return result.samples, result.draw(50, np.random.default_rng(0))[0]
+
+
+def test_runs_are_deterministic_under_a_seed_and_differ_between_seeds():
+    first, second, other = _tiny_samples(5), _tiny_samples(5), _tiny_samples(6)
+    np.testing.assert_array_equal(first[0], second[0])
+    np.testing.assert_array_equal(first[1], second[1])
+    assert not np.allclose(first[1], other[1])
+
+
+def test_hutchinson_and_float64_paths_run():
+    samples, drawn = _tiny_samples(7, hutchinson=2, dtype="float64")
+    assert np.isfinite(samples).all() and np.isfinite(drawn).all()
+
+
+@pytest.mark.parametrize("bad", [{"iters": 0}, {"batch_size": 2.5}, {"n_times": 0},
+                                 {"width": 1}, {"lr": -1.0}, {"lr": float("nan")},
+                                 {"lr_final": 2.0}, {"ode_steps": 0}, {"dtype": "float16"},
+                                 {"hutchinson": -1}, {"n_samples": True},
+                                 {"data_batch_size": -5}])
+def test_bad_parameters_raise_value_error(bad):
+    with pytest.raises(ValueError):
+        Scvm(**bad)
+
+
+def test_filtering_tasks_are_skipped_with_a_reason():
+    skip, reason = Scvm().skip(Filtering1D(np.random.SeedSequence(0)))
+    assert skip and "observations" in reason
+    assert Scvm().skip(OrnsteinUhlenbeck(np.random.SeedSequence(0), dim=2)) == (False, "")
