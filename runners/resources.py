@@ -57,28 +57,26 @@ def limit_memory(max_bytes: int | None) -> None:
 
 
 # --- the machine -------------------------------------------------------------------------------
-def total_memory_bytes() -> int:
-    """Physical memory of the machine (Linux /proc/meminfo; a sysconf fallback)."""
+def _meminfo(field: str) -> int | None:
+    """A /proc/meminfo field in bytes (Linux), or None."""
     try:
         with open("/proc/meminfo") as handle:
             for line in handle:
-                if line.startswith("MemTotal:"):
+                if line.startswith(field + ":"):
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    return None
+
+
+def total_memory_bytes() -> int:
+    """Physical memory of the machine (/proc/meminfo; a sysconf fallback)."""
+    return _meminfo("MemTotal") or os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def available_memory_bytes() -> int:
     """Memory the kernel can give without swapping (MemAvailable), or the total."""
-    try:
-        with open("/proc/meminfo") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return total_memory_bytes()
+    return _meminfo("MemAvailable") or total_memory_bytes()
 
 
 #: the smallest memory a run process needs (Python, numpy, torch loaded): the -j cap's unit

@@ -4,16 +4,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from scipy.stats import norm
 
 from solvers.base import RunContext
-from solvers.scvm import (Scvm, ibp_loss, init_velocity_net, rk4_path, time_features,
-                          velocity)
+from solvers.scvm import (DATA_TASK_MIN_ODE_STEPS, Scvm, ibp_loss, init_velocity_net,
+                          rk4_path, time_features, velocity)
+from tasks.bayesian_logreg import BayesianLogReg
 from tasks.filtering_1d import Filtering1D
 from tasks.ou import OrnsteinUhlenbeck
 
-#: a tiny configuration that fits 1-D and 2-D OU (task seed 100) in about a second
-TINY = dict(iters=TINY_ITERS, batch_size=128, n_times=5, width=32, lr=1e-2, ode_steps=16,
-            n_samples=500)
+#: a tiny configuration that fits 1-D and 2-D OU in a few seconds (lr above the default:
+#: 160 iterations instead of 1000)
+TINY = {"iters": 160, "batch_size": 512, "n_times": 6, "width": 32, "lr": 1e-2,
+        "ode_steps": 8, "n_samples": 500}
+#: task seed of the OU instances: a large b (1-D: A = 0.64, b = 2.16; 2-D: eigenvalues of A
+#: 0.38 and 1.6), so the velocity is not small next to the network's error
+TASK_SEED = 102
 
 
 @pytest.fixture(autouse=True)
@@ -40,10 +46,10 @@ _TRAINED: dict = {}
 
 
 def _trained(dim, times=(0.25, 0.5), solver_seed=1, **params):
-    """A tiny SCVM run on OU (task seed 100), cached per configuration."""
+    """A tiny SCVM run on OU (task seed ``TASK_SEED``), cached per configuration."""
     key = (dim, tuple(times), solver_seed, tuple(sorted(params.items())))
     if key not in _TRAINED:
-        task = OrnsteinUhlenbeck(np.random.SeedSequence(100), dim=dim)
+        task = OrnsteinUhlenbeck(np.random.SeedSequence(TASK_SEED), dim=dim)
         solver = Scvm(**{**TINY, **params})
         solver.setup(task, list(times), np.random.SeedSequence(solver_seed), RunContext())
         _TRAINED[key] = task, solver, solver.run()
@@ -70,24 +76,39 @@ def test_divergence_in_the_forward_pass_equals_the_autograd_trace():
     probes = torch.randn(3, 6, 20000, dim, generator=torch.Generator().manual_seed(2),
                          dtype=torch.float64)
     _, div_mc = velocity(params, x, feats, probes=probes)
-    assert float((div_mc - div).abs().max()) < 0.15
+    assert float((div_mc - div).detach().abs().max()) < 0.15
+
+
+def _relative_gap(first, second):
+    num = sum(float(((a - b) ** 2).sum()) for a, b in zip(first, second) if a is not None)
+    den = sum(float((b ** 2).sum()) for b in second if b is not None)
+    return (num / den) ** 0.5
 
 
 def test_ibp_loss_gradient_is_the_velocity_matching_gradient_on_a_gaussian():
-    """E|v|² − 2E[v·b + div v] and E|v − b + ∇log ρ|² differ by a θ-free constant."""
-    dim, n = 2, 200000
-    params = _random_net(dim, seed=3)
+    """E|v|² − 2E[v·b + div v] and E|v − b + ∇log ρ|² differ by a θ-free constant.
+
+    ρ = N(0, I) in 2-D, its expectations taken on the product grid of 150 normal
+    quantile midpoints (deterministic; the gap shrinks like 1/150: 0.0067 / 0.0045 /
+    0.0034 at 100 / 150 / 200 points a side).
+    """
+    params = _random_net(2, seed=3)
+    quantiles = torch.as_tensor(norm.ppf((np.arange(150) + 0.5) / 150))
+    x = torch.stack(torch.meshgrid(quantiles, quantiles, indexing="ij"), -1).reshape(1, -1, 2)
     times = torch.tensor([0.4], dtype=torch.float64)
-    x = torch.randn(1, n, dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
-    drift = -0.5 * x + 0.2                        # some b; ρ = N(0, I): ∇log ρ = −x
-    ibp = ibp_loss(params, x, times, drift, 1.0)
-    g_ibp = torch.autograd.grad(ibp, list(params.values()), allow_unused=True)
+    drift = -0.5 * x + 0.2                        # some b; ∇log ρ = −x
+    values = list(params.values())
+    g_ibp = torch.autograd.grad(ibp_loss(params, x, times, drift, 1.0), values,
+                                allow_unused=True)
     v, _ = velocity(params, x, time_features(params, times))
-    direct = ((v - drift - x) ** 2).sum(-1).mean()
-    g_direct = torch.autograd.grad(direct, list(params.values()), allow_unused=True)
-    num = sum(float(((a - b) ** 2).sum()) for a, b in zip(g_ibp, g_direct) if a is not None)
-    den = sum(float((b ** 2).sum()) for b in g_direct if b is not None)
-    assert (num / den) ** 0.5 < 0.05
+    g_direct = torch.autograd.grad(((v - drift - x) ** 2).sum(-1).mean(), values,
+                                   allow_unused=True)
+    assert _relative_gap(g_ibp, g_direct) < 0.01
+    # without the score (plain drift matching) the gradients differ: the test can fail
+    v, _ = velocity(params, x, time_features(params, times))
+    g_no_score = torch.autograd.grad(((v - drift) ** 2).sum(-1).mean(), values,
+                                     allow_unused=True)
+    assert _relative_gap(g_ibp, g_no_score) > 0.1
 
 
 def test_rk4_backward_integration_inverts_the_forward_one():
@@ -122,7 +143,7 @@ def test_learned_velocity_is_close_to_the_exact_ou_velocity(dim):
         exact = -(x - b) @ a + (x - mean) @ np.linalg.inv(cov) / task.beta
         err = np.sqrt(((solver.velocity_at(t, x) - exact) ** 2).sum(1).mean()
                       / (exact ** 2).sum(1).mean())
-        assert err < VEL_BOUND, (dim, t, err)
+        assert err < 0.3, (dim, t, err)  # measured: 1-D 0.08 / 0.013 / 0.15, 2-D 0.02-0.05
 
 
 def test_log_density_is_normalised_and_close_to_the_exact_density():
@@ -134,7 +155,8 @@ def test_log_density_is_normalised_and_close_to_the_exact_density():
         p = np.exp(results[t].log_density(grid[:, None]))
         q = np.exp(task.reference(t).log_density(grid[:, None]))
         assert abs(np.trapezoid(p, grid) - 1.0) < 1e-2
-        assert np.trapezoid(np.abs(p - q), grid) < DENS_BOUND  # total variation × 2
+        # ∫|p − q| = 2 TV; measured 0.016 / 0.006 at t = 0.25 / 0.5
+        assert np.trapezoid(np.abs(p - q), grid) < 0.05
 
 
 def test_draw_and_log_density_round_trip():
@@ -142,11 +164,12 @@ def test_draw_and_log_density_round_trip():
     result = results[0.5]
     x, logp = result.draw(300, np.random.default_rng(3))
     assert x.shape == (300, 2) and x.dtype == np.float64 and logp.shape == (300,)
-    np.testing.assert_allclose(result.log_density(x), logp, rtol=0, atol=2e-4)
+    # RK4 forward vs backward on one grid, float32: measured 2.5e-6 and 7e-7
+    np.testing.assert_allclose(result.log_density(x), logp, rtol=0, atol=1e-4)
     # backward then forward returns the starting point
     x0, _ = solver.pull(x, 0.5)
     y, _ = solver.push(x0, 0.5)
-    np.testing.assert_allclose(y, x, rtol=0, atol=1e-4)
+    np.testing.assert_allclose(y, x, rtol=0, atol=1e-5)
     assert result.samples.shape == (500, 2) and np.isfinite(result.samples).all()
     assert set(results) == {0.25, 0.5}
     assert result.info["divergence"] == "exact" and len(result.info["loss_curve"]) > 0
@@ -186,3 +209,19 @@ def test_filtering_tasks_are_skipped_with_a_reason():
     skip, reason = Scvm().skip(Filtering1D(np.random.SeedSequence(0)))
     assert skip and "observations" in reason
     assert Scvm().skip(OrnsteinUhlenbeck(np.random.SeedSequence(0), dim=2)) == (False, "")
+
+
+def test_data_tasks_need_fine_ode_steps_and_then_run_on_minibatches():
+    task = BayesianLogReg(np.random.SeedSequence(0), dataset="synthetic")
+    skip, reason = Scvm().skip(task)
+    assert skip and "ode_steps" in reason
+    solver = Scvm(iters=3, ode_steps=DATA_TASK_MIN_ODE_STEPS, batch_size=32, n_times=3,
+                  width=8, n_samples=50, data_batch_size=64)
+    assert solver.skip(task) == (False, "")
+    batches = []
+    original = task.data_batch
+    task.data_batch = lambda size, rng: batches.append(size) or original(size, rng)
+    solver.setup(task, [1.0], np.random.SeedSequence(0), RunContext())
+    result = solver.run()[1.0]
+    assert batches.count(64) >= 3            # a fresh minibatch every iteration
+    assert result.samples.shape == (50, task.dim) and np.isfinite(result.samples).all()

@@ -2,7 +2,8 @@
 
 These are ``quadratic_form``, ``icnn_grad_hess``, ``invert_map``, ``pull_back``
 and ``push_trajectory`` of ``solvers/icnn_jko.py`` as of commit 17347ac
-(before the performance work of issue 18), unchanged but for names:
+(before the performance work of issue 18), unchanged (ψ itself, which did
+not change, is the solver's):
 broadcast products over (n, D, w) for the pre-activations and ∇ψ, autograd
 through the Gram term, Newton with an Armijo search on ψ over all rows in
 float64, chunk outputs joined from lists. bench_icnn_jko.py times them side
@@ -13,27 +14,10 @@ from __future__ import annotations
 
 import torch
 
-from solvers.icnn_jko import ObsLogLik, Params, _obs_weight, logdet_pd
+from solvers.icnn_jko import ObsLogLik, Params, _obs_weight, icnn_potential, logdet_pd
 
 #: rows per chunk then
 OLD_CHUNK = 4096
-
-def hidden(params: Params, x: torch.Tensor):
-    """Pre-activations: ``a1, a2 (n, r, w)`` and ``u (n, w)``."""
-    n, width = x.shape[0], params["b1"].shape[0]
-    a1 = (x @ params["Q1"]).view(n, -1, width)
-    z1 = (a1 * a1).sum(1) + x @ params["W1"].T + params["b1"]
-    a2 = (x @ params["Q2"]).view(n, -1, width)
-    u = z1 @ params["Z"].T + (a2 * a2).sum(1) + x @ params["W2"].T + params["b2"]
-    return a1, a2, u
-
-
-def icnn_potential(params: Params, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """ψ(x) for ``x (n, D)`` -> ``(n,)``."""
-    _, _, u = hidden(params, x)
-    return torch.nn.functional.softplus(u) @ params["c"] + 0.5 * eps * (x * x).sum(1)
-
-
 
 def quadratic_form(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each pre-activation is quadratic in x: u_j(x) = ½xᵀK_j x + B_jᵀx + a_j.

@@ -1,0 +1,682 @@
+"""Self-consistent velocity matching (Li, Hurault & Solomon, NeurIPS 2023).
+
+One network v_θ(t, x) is trained on [0, T], T = the largest evaluation time,
+so that its flow dx/dt = v_θ(t, x), x(0) ~ ρ0, has marginals ρ^θ_t solving the
+Fokker–Planck equation, i.e. so that it is self-consistent:
+
+    v_θ(t, ·) = −∇Φ − β⁻¹∇log ρ^θ_t.
+
+Every requested time is then read off the same flow.
+
+Algorithm (one outer iteration = one Adam step: the authors' train_flow_rep = 1)
+-------------------------------------------------------------------------------
+1. draw B fresh x0 ~ ρ0 and K stratified times t_k = (k + U_k)·T/K,
+   k = 0..K−1, shared by the batch, with t = 0 added;
+2. integrate the ODE with the *current* parameters without gradient (the
+   method's stop-gradient, its "biased gradient") to the points x_{t_k};
+3. one Adam step on the integration-by-parts (IBP) loss at those frozen points,
+
+       L(θ) = mean_{k,i} |v_θ|² − 2[v_θ·b + β⁻¹ div_x v_θ]  at (t_k, x_i),  b = −∇Φ,
+
+   which is E|v_θ − v*|² up to a θ-free constant, v* = b − β⁻¹∇log ρ_t,
+   because E_ρ[v·∇log ρ] = −E_ρ[div v]: neither the score nor the density
+   of the current flow is needed. A data task's ∇Φ would be a minibatch
+   estimate (``data_batch_size``; see the tasks below).
+
+The fixed point of the iteration is the self-consistent field. The IBP loss
+is used for every task (the authors use it for their mixture task; their OU
+script can also regress on scores carried along the ODE, which needs the
+gradient of the divergence at every ODE step and is not implemented).
+
+Network (the authors' "VNN"; ``width`` where they use 256)
+---------------------------------------------------------
+time embedding: 64 sinusoidal features of t → Dense 64 → CELU → Dense 64;
+trunk: concat[x, emb(t)] → 3 × [Dense w → LayerNorm → SiLU] → Dense D;
+skip: emb(t) → 3 × [Dense w → SiLU] → Dense (2r + 1)·D = [U, V, c], adding
+Uᵀ(Vx) + c (rank ≤ r = ``rank``, 20). Weights N(0, 1/fan_in), biases zero,
+float32. The skip can represent an OU velocity −A(x − b) + β⁻¹S_t⁻¹(x − m_t)
+exactly (D ≤ r); the trunk carries what is not affine (mixtures). Everything
+that depends on t only is evaluated once per time and broadcast over the batch.
+
+Divergence
+----------
+``hutchinson = 0`` (default; always for densities): the exact trace, by
+forward-mode differentiation written into the forward pass. The D unit
+vectors enter as tangent rows through the x columns of the first layer and
+are pushed through each Dense (one GEMM over points × rows), LayerNorm
+((dh − mean dh − n·mean(n·dh))·γ/σ) and SiLU (σ(h)(1 + h(1 − σ(h)))); only
+the diagonal of the head's Jacobian is formed and the skip adds tr(UᵀV).
+This is the quantity the authors get from D forward/backward passes, here in
+one pass of plain tensor operations, so the loss is differentiated by
+ordinary autograd (no double backward).
+``hutchinson = P > 0`` (training only): (1/P) Σ_p ε_pᵀ J ε_p with fresh
+N(0, I) probes per point, unbiased, variance 2‖(J + Jᵀ)/2‖_F² / P per point,
+cost P tangent rows instead of D. Its noise adds to the IBP loss's own
+(below) where J is large, and J is large where Φ is stiff: on OU D = 12
+(task seed 101, λ_max(A) ≈ 40; lr 1e-2 and Adam β2 0.999, 1000 iterations),
+P = 1 with a 4× larger batch at about the same cost gave SymKL 0.90 / 2.03 at
+t = 0.5 / 0.9 against 0.43 / 0.55 with the exact trace. Meant for large D.
+
+ODE and densities
+-----------------
+Classical RK4 with equal steps no longer than 1/``ode_steps``: the training
+path takes ceil(Δt·ode_steps) steps between consecutive training times
+(every output time hit exactly, as an adaptive solver with output times
+would), ``draw`` at time t takes ceil(t·ode_steps) equal steps on [0, t] and
+``log_density`` the same grid backwards. The authors use adaptive Dopri5
+(rtol = atol = 1e-4); a fixed step keeps an iteration's cost fixed, and
+forward and backward passes on one grid make a round trip return to its
+start to O(h⁴) (measured 7e-7 in x and 2.5e-6 in log-density on a 2-D test
+model, float32). 32 steps per unit time: RK4 is stable for hλ < 2.78, and the
+velocity Jacobian of an OU flow, −A + β⁻¹S_t⁻¹, starts at ≈ 1 − λ_max(A)
+(≈ −39 for the stiffest instance with D ≤ 12 on task seeds 0–4 and 100–101) and
+relaxes to 0 within ≈ 1/(2λ_max). 128 steps did not change the result on OU
+D = 4, task seed 100 (λ_max 32.5; SymKL 0.052 / 0.052 at t = 0.5 / 0.9 against
+0.058 / 0.054 with 32, 500 iterations at lr 1e-3): the ODE is not what limits
+accuracy there.
+``draw(n, rng)`` pushes fresh ρ0 draws forward integrating dℓ/dt = −div v_θ
+(exact divergence) from ℓ(0) = 0, and returns log ρ0(x0) + ℓ(t) (added in
+float64). ``log_density(y)`` integrates x and ℓ backwards from (t, y) with
+ℓ(t) = 0 and returns log ρ0(x0) − ℓ(0) (instantaneous change of variables).
+Rows are chunked so that the (rows, D, width) tangents stay ≈ 16 MB.
+Evaluation runs in the training dtype; the outputs are float64.
+
+Defaults (CPU sizes), the measurements behind them
+--------------------------------------------------
+iters 1000, batch 256, K = 10, width 64, rank 20, lr 3e-3 with a cosine decay
+to 1e-3 × lr, Adam β = (0.9, 0.9), ode_steps 32, exact divergence, float32.
+Departures from the authors' configurations, all for one CPU thread: width
+64 (256), batch 256 (1000), K = 10 (20), 1000 iterations (5000–10000), lr 3e-3
+(1e-3), fixed-step RK4 (adaptive Dopri5), forward-mode divergence (reverse
+mode). Kept: the cosine decay to 1e-3×, β2 = 0.9 (their command lines), no
+clipping, float32, stratified times with t = 0, the IBP loss, the network.
+
+Measured on OU with task seeds 100 and 101 (outside the benchmark's 0–2),
+solver seed SeedSequence(7), evaluation times 0.1, ..., 1.0 (T = 1), one
+torch thread on a 2-core machine shared with another job (load 2–5, so the
+times are upper bounds); SymKL = ``metrics.symkl.SYMKL`` (8192 draws a side,
+standard error ≈ 4e-4 at these values; negative values are noise):
+
+    D  task seed  λ(A)          run (s)   SymKL t = 0.5   SymKL t = 0.9
+    1  100        0.52          50        2e-5            5e-5
+    1  101        0.79          48        3e-5            6e-5
+    2  100        0.37–1.7      57        −2e-4           −3e-4
+    2  101        0.42–2.5      60        −4e-4           −3e-4
+    4  100        0.22–32.5     77        0.0057          0.0061
+    4  101        0.22–3.3      76        0.0003          0.0006
+    12 101        0.08–39.7     134–142   0.030           0.032
+
+(The benchmark's ICNN-JKO medians on task seeds 0–2: 2e-4 / 4e-4 at D = 1,
+1e-3 at D = 2, 2e-3 at D = 4, 0.018 / 0.008 at D = 12 in ≈ 410 s.) Runs at
+other settings (OU D = 4, task seed 100, SymKL at t = 0.5 / 0.9):
+
+    500 iterations,  lr 1e-3, β2 0.999   0.058 / 0.054
+    500 iterations,  lr 3e-3, β2 0.999   0.022 / 0.018
+    500 iterations,  lr 1e-2, β2 0.999   0.0088 / 0.0082
+    500 iterations,  lr 3e-3, K = 20     0.033 / 0.0095
+    1000 iterations, lr 3e-3, β2 0.999   0.0075 / 0.0066
+    1000 iterations, lr 1e-2, β2 0.999   0.0056 / 0.0070
+    1000 iterations, lr 1e-2, β2 0.9     0.0049 / 0.0066
+    1000 iterations, lr 3e-3, β2 0.9     0.0057 / 0.0061   (the defaults)
+
+and on OU D = 12, task seed 101, 1000 iterations: lr 1e-2 (β2 0.999) 0.43 /
+0.55; lr 3e-3 (β2 0.9) 0.030 / 0.032; lr 1e-3 (β2 0.9) 0.028 / 0.054; an
+exponential moving average of the weights (0.99) on top of the defaults
+0.029 / 0.030 (not kept). A larger rate pays at a few hundred iterations and
+is too noisy in D = 12: 3e-3 is the compromise.
+
+Why the loss's noise sets the accuracy: at the fixed point the per-sample
+gradient of the IBP loss is the Stein term −2β⁻¹(∇log ρ·∂_θv + ∂_θ div v),
+zero in mean but of size |∇log ρ_t|·|∂_θv|, and |∇log ρ_t| ≈ sqrt(tr S_t⁻¹)
+grows with the stiffness of Φ. On OU D = 12 (task seed 101) the learned
+velocity's error on ρ_t was 0.1–0.2 per eigen-direction of A at lr 1e-2 and
+0.02–0.05 at 3e-3, the level a noise-free regression on the exact velocity
+(an oracle, not self-consistent) reached at lr 1e-2 in the same 1000
+iterations. The authors' 10⁴ iterations of 1000 × 21 points average 70× more
+samples than the defaults.
+
+Cost model
+----------
+One iteration = the no-grad training ODE, B·(T·ode_steps + K)·4 network
+evaluations (grows with B, T and ode_steps), plus the loss at B·(K + 1)
+points with D tangent rows each (exact; P with Hutchinson), forward and
+backward, ∝ B·(K + 1)·D·width². The loss dominates from D ≈ 4: at the
+defaults on one thread ≈ 0.05 s per iteration at D ≤ 2 and ≈ 0.13 s at
+D = 12 (run times above). Evaluation: one ``draw`` or ``log_density`` of n
+points at time t costs n·ceil(t·ode_steps)·4 evaluations with D tangent rows
+(8192 points at t = 1 and D = 12: ≈ 8 s); ``samples`` (``n_samples``, no
+density) are cheap. Memory grows with B·(K + 1)·D·width (the saved tangents).
+
+Tasks
+-----
+OU and the stationary mixture (T = 4: 4× the ODE work per iteration) are
+supported; filtering tasks are skipped (no observation updates).
+Bayesian logistic regression (``data_batch``): supported, with ∇Φ on a fresh
+data minibatch each iteration (unbiased; the loss is linear in b), the law at
+T approximating the posterior. Such a flow is stiff: the Hessian of Φ at w = 0
+reaches ≈ 2.2e2 on ``synthetic`` and ≈ 1.5e3 on ``breast_cancer`` (|∇Φ| ≈ 3e2
+and 7e2 at prior draws), so RK4 needs ≳ λ/2.78 steps per unit time. On
+synthetic (task seed 0, 1000 iterations, 184 s) ode_steps = 128 gave test
+log-likelihood −0.405 and accuracy 0.83 (SVGD, EM and ICNN-JKO: −0.400 to
+−0.404), while the default 32 diverged (loss −inf at iteration 593).
+``skip`` therefore refuses tasks with data minibatches below
+``DATA_TASK_MIN_ODE_STEPS`` = 128; breast_cancer would need ≳ 550 (not
+measured: a GPU-sized run, D = 32 tangent rows per point).
+
+Seeds: ``setup`` splits its SeedSequence into the training stream (ρ0 draws,
+times, data minibatches), the initial weights (a CPU torch.Generator), the
+Hutchinson probes (a generator on the run's device) and the result samples.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from solvers.base import (GPU, IID_DENSITY, LOG_DENSITY, SAMPLES, Solver, SolverResult,
+                          require_positive)
+
+Params = dict[str, torch.Tensor]
+DTYPES = {"float32": torch.float32, "float64": torch.float64}
+#: size of the sinusoidal time features and of the time embedding (the authors' 64)
+TIME_EMB = 64
+#: hidden layers of the trunk and of the skip connection's network (the authors' 3)
+DEPTH = 3
+#: Adam's (β1, β2): the authors' runs set b2 = 0.9 (optax's default is 0.999)
+ADAM_BETAS = (0.9, 0.9)
+#: LayerNorm epsilon (flax's default, as the authors' network)
+LN_EPS = 1e-6
+#: points x tangent rows x width allowed in one evaluation chunk (memory bound, ~16 MB
+#: per float32 tensor of the tangent propagation)
+CHUNK_ELEMENTS = 2 ** 22
+#: the fewest RK4 steps per unit time a task with data minibatches runs with: the
+#: default 32 diverged on bayesian_logreg/synthetic (Hessian of Φ up to ≈ 2e2), 128 matched
+#: SVGD there (module doc); ``skip`` refuses such tasks below it
+DATA_TASK_MIN_ODE_STEPS = 128
+
+
+def _has_data_minibatches(task: Any) -> bool:
+    """Whether ``task``'s potential is estimated on data minibatches (never raises)."""
+    try:
+        return task.data_batch(1, np.random.default_rng(0)) is not None
+    except Exception:  # noqa: BLE001  (skip never raises: no data, or no batch of 1)
+        return False
+
+
+# --------------------------------------------------------------------------- network
+def init_velocity_net(dim: int, width: int, rank: int, generator: torch.Generator,
+                      dtype: torch.dtype = torch.float32, device: str = "cpu") -> Params:
+    """Random parameters of the velocity network (the authors' "VNN").
+
+    Parameters
+    ----------
+    dim : int
+        State dimension D.
+    width : int
+        Hidden width of the trunk and of the skip connection's network.
+    rank : int
+        Rank bound of the time-dependent linear skip connection.
+    generator : torch.Generator
+        Source of the initial weights (CPU generator; no global state is read).
+    dtype, device
+        Where the parameters live.
+
+    Returns
+    -------
+    dict of str to Tensor
+        ``emb{0,1}.{w,b}`` (time embedding), ``h{0..2}.{w,b}`` and ``ln{0..2}.{g,b}``
+        (trunk; ``h0.w`` is ``(width, D + 64)``, its first D columns act on x),
+        ``out.{w,b}`` (trunk head), ``s{0..2}.{w,b}`` and ``sout.{w,b}`` (skip
+        network, ``sout`` has ``(2·rank + 1)·D`` outputs). Weights are
+        N(0, 1/fan_in) (flax's lecun_normal, untruncated), biases zero,
+        LayerNorm scale one, as the authors' initialisation.
+    """
+    shapes: dict[str, tuple[int, int]] = {
+        "emb0": (TIME_EMB, TIME_EMB), "emb1": (TIME_EMB, TIME_EMB),
+        "h0": (width, dim + TIME_EMB), "h1": (width, width), "h2": (width, width),
+        "out": (dim, width),
+        "s0": (width, TIME_EMB), "s1": (width, width), "s2": (width, width),
+        "sout": ((2 * rank + 1) * dim, width),
+    }
+    params: Params = {}
+    for name, (rows, cols) in shapes.items():
+        weight = torch.randn(rows, cols, generator=generator, dtype=torch.float64)
+        params[f"{name}.w"] = weight / math.sqrt(cols)
+        params[f"{name}.b"] = torch.zeros(rows, dtype=torch.float64)
+    for k in range(DEPTH):
+        params[f"ln{k}.g"] = torch.ones(width, dtype=torch.float64)
+        params[f"ln{k}.b"] = torch.zeros(width, dtype=torch.float64)
+    return {k: v.to(device=device, dtype=dtype).requires_grad_(True) for k, v in params.items()}
+
+
+def _dense(params: Params, name: str, x: torch.Tensor) -> torch.Tensor:
+    return torch.nn.functional.linear(x, params[f"{name}.w"], params[f"{name}.b"])
+
+
+def sinusoidal(t: torch.Tensor, size: int = TIME_EMB) -> torch.Tensor:
+    """Transformer-style features of times ``t (T,)`` -> ``(T, size)``.
+
+    Frequencies 10000^(−k/(size/2 − 1)), k = 0..size/2 − 1, sines then cosines
+    (the authors' ``SinusoidalEmbedding``).
+    """
+    half = size // 2
+    freq = torch.exp(torch.arange(half, dtype=t.dtype, device=t.device)
+                     * (-math.log(10000.0) / (half - 1)))
+    arg = t[:, None] * freq
+    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=1)
+
+
+@dataclass
+class TimeFeatures:
+    """Everything of the velocity that depends on time only, for ``T`` times.
+
+    Attributes
+    ----------
+    shift : Tensor (T, width)
+        The time embedding's contribution to the first trunk layer, its bias included.
+    skip : Tensor (T, D, D)
+        The skip connection's matrix M(t) = Uᵀ V (rank ≤ ``rank``).
+    skip_bias : Tensor (T, D)
+        Its bias.
+    """
+
+    shift: torch.Tensor
+    skip: torch.Tensor
+    skip_bias: torch.Tensor
+
+    def at(self, index: int | slice) -> TimeFeatures:
+        """The features of a subset of the times (a slice keeps the time axis)."""
+        if isinstance(index, int):
+            index = slice(index, index + 1)
+        return TimeFeatures(self.shift[index], self.skip[index], self.skip_bias[index])
+
+
+def time_features(params: Params, t: torch.Tensor) -> TimeFeatures:
+    """Evaluate the time-only parts of the network at times ``t (T,)``.
+
+    The time embedding is sinusoidal features → Dense 64 → CELU → Dense 64; the
+    skip network maps it through 3 × [Dense width → SiLU] → Dense (2r + 1)·D,
+    split into U, V (r × D) and a bias. Computed once per time and broadcast
+    over the batch (all points of a batch share their times).
+    """
+    dim = params["out.w"].shape[0]
+    rank = (params["sout.w"].shape[0] // dim - 1) // 2
+    emb = _dense(params, "emb1", torch.nn.functional.celu(
+        _dense(params, "emb0", sinusoidal(t.to(params["emb0.w"].dtype)))))
+    shift = emb @ params["h0.w"][:, dim:].T + params["h0.b"]
+    hidden = emb
+    for k in range(DEPTH):
+        hidden = torch.nn.functional.silu(_dense(params, f"s{k}", hidden))
+    out = _dense(params, "sout", hidden)
+    n = t.shape[0]
+    u = out[:, :rank * dim].reshape(n, rank, dim)
+    v = out[:, rank * dim:2 * rank * dim].reshape(n, rank, dim)
+    return TimeFeatures(shift, u.transpose(1, 2) @ v, out[:, 2 * rank * dim:])
+
+
+def velocity(params: Params, x: torch.Tensor, feats: TimeFeatures,
+             probes: torch.Tensor | None = None, exact_div: bool = False
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """v_θ(t, x) and optionally its divergence, for points ``x (T, B, D)`` at T times.
+
+    The trunk is concat[x, emb(t)] → 3 × [Dense → LayerNorm → SiLU] → Dense D;
+    the skip adds M(t)x + c(t). The divergence is computed in the same pass by
+    forward-mode differentiation written out layer by layer: tangent rows
+    e_p (the probes) enter through the first layer's x columns and are pushed
+    through each Dense (one GEMM over all points × rows), LayerNorm (its
+    Jacobian: (dh − mean dh − n·mean(n dh))/σ, scaled) and SiLU (σ(h)(1 + h(1 − σ(h)))).
+    Plain tensor operations, so the loss is differentiated by ordinary autograd
+    (no double backward).
+
+    Parameters
+    ----------
+    params : dict
+        Network parameters (:func:`init_velocity_net`).
+    x : Tensor (T, B, D)
+        Points; row ``i`` of axis 0 is at the time of ``feats`` row ``i``.
+    feats : TimeFeatures
+        :func:`time_features` at the T times.
+    probes : Tensor (P, D) or (T, B, P, D), optional
+        Hutchinson probes: the divergence estimate is (1/P) Σ_p e_pᵀ J e_p.
+    exact_div : bool
+        Exact divergence tr J (tangents = the D unit vectors, diagonal only).
+
+    Returns
+    -------
+    v : Tensor (T, B, D)
+    div : Tensor (T, B) or None
+        None unless ``probes`` is given or ``exact_div``.
+    """
+    dim = x.shape[-1]
+    w0 = params["h0.w"][:, :dim]
+    h = x @ w0.T + feats.shift[:, None, :]
+    if exact_div:
+        tangent = w0.T                                      # (D, width): row d = J_h0 e_d
+    elif probes is not None:
+        tangent = probes @ w0.T                             # (..., P, width)
+    else:
+        tangent = None
+    for k in range(DEPTH):
+        if k > 0:
+            h = _dense(params, f"h{k}", h)
+            if tangent is not None:
+                tangent = tangent @ params[f"h{k}.w"].T
+        mean = h.mean(-1, keepdim=True)
+        centred = h - mean
+        inv_std = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + LN_EPS)
+        normed = centred * inv_std
+        gamma = params[f"ln{k}.g"]
+        h = normed * gamma + params[f"ln{k}.b"]
+        sig = torch.sigmoid(h)
+        if tangent is not None:
+            # LayerNorm then SiLU: (dh − mean(dh) − n·mean(n·dh)) · γ σ⁻¹ silu'(h), with
+            # the three scalings folded into one (the elementwise passes over the
+            # (…, P, width) tangents cost as much as the GEMMs on a CPU)
+            width = h.shape[-1]
+            scale = inv_std * gamma * sig * (1.0 + h * (1.0 - sig))
+            along_n = torch.einsum("...pw,...w->...p", tangent, normed) if tangent.dim() > 2 \
+                else normed @ tangent.T
+            tangent = (tangent - tangent.sum(-1, keepdim=True) / width
+                       - normed.unsqueeze(-2) * (along_n / width).unsqueeze(-1)) \
+                * scale.unsqueeze(-2)
+        h = h * sig
+    v = (_dense(params, "out", h)
+         + torch.einsum("tij,tbj->tbi", feats.skip, x) + feats.skip_bias[:, None, :])
+    if tangent is None:
+        return v, None
+    if exact_div:
+        # Σ_d (J e_d)_d: only the diagonal of the head's output is needed
+        div = (tangent * params["out.w"]).sum((-1, -2))
+        div = div + feats.skip.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None]
+        return v, div
+    jac_rows = tangent @ params["out.w"].T                  # (..., P, D): J e_p (trunk)
+    skip_rows = torch.einsum("tij,tbpj->tbpi", feats.skip,
+                             probes.expand(*x.shape[:2], *probes.shape[-2:]))
+    div = ((jac_rows + skip_rows) * probes).sum(-1).mean(-1)
+    return v, div
+
+
+# ------------------------------------------------------------------------ integration
+def rk4_path(params: Params, x: torch.Tensor, t_from: float, t_to: float, n_steps: int,
+             logp: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Classical RK4 with ``n_steps`` equal steps from ``t_from`` to ``t_to`` (either order).
+
+    Integrates dx/dt = v_θ(t, x) for ``x (B, D)`` and, when ``logp (B,)`` is
+    given, the instantaneous change of variables dℓ/dt = −div v_θ(t, x) with
+    the exact divergence. A step from t_to back to t_from with the same grid
+    (``t_to < t_from`` gives negative steps) inverts it to O(h⁴). No gradient.
+    """
+    if n_steps == 0:
+        return x, logp
+    dtype = params["h0.w"].dtype
+    h = (t_to - t_from) / n_steps
+    track = logp is not None
+
+    def field(k: int, y: torch.Tensor):
+        v, div = velocity(params, y[None], feats.at(k), exact_div=track)
+        return v[0], (-div[0] if track else None)
+
+    with torch.no_grad():
+        # every stage time of the path in one time-feature pass: t_k, t_k + h/2, t_k + h
+        nodes = t_from + 0.5 * h * torch.arange(2 * n_steps + 1, dtype=torch.float64)
+        feats = time_features(params, nodes.to(device=x.device, dtype=dtype))
+        for step in range(n_steps):
+            k = 2 * step
+            k1, l1 = field(k, x)
+            k2, l2 = field(k + 1, x + 0.5 * h * k1)
+            k3, l3 = field(k + 1, x + 0.5 * h * k2)
+            k4, l4 = field(k + 2, x + h * k3)
+            x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+            if track:
+                logp = logp + (h / 6.0) * (l1 + 2.0 * l2 + 2.0 * l3 + l4)
+    return x, logp
+
+
+def steps_for(span: float, steps_per_unit: float) -> int:
+    """Number of equal RK4 steps over a time span: ceil(span × steps per unit time)."""
+    return math.ceil(abs(span) * steps_per_unit - 1e-9)
+
+
+def trajectory_at(params: Params, x0: torch.Tensor, times: torch.Tensor,
+                  steps_per_unit: float) -> torch.Tensor:
+    """Positions at increasing ``times (K,)`` (starting at 0) of the flow from ``x0 (B, D)``.
+
+    Each interval between consecutive times gets ceil(Δt × steps_per_unit)
+    RK4 steps (so no step is longer than 1/steps_per_unit and every output
+    time is hit exactly, as an adaptive solver with output times would).
+    Returns ``(K, B, D)``; no gradient (the stop-gradient of the method).
+    """
+    out = []
+    x, last = x0, 0.0
+    for t in times.tolist():
+        x, _ = rk4_path(params, x, last, t, steps_for(t - last, steps_per_unit))
+        out.append(x)
+        last = t
+    return torch.stack(out)
+
+
+# ------------------------------------------------------------------------------ loss
+def ibp_loss(params: Params, x: torch.Tensor, times: torch.Tensor, drift: torch.Tensor,
+             beta: float, probes: torch.Tensor | None = None) -> torch.Tensor:
+    """Integration-by-parts velocity-matching loss at frozen points.
+
+    mean over (times, batch) of |v|² − 2(v·b + β⁻¹ div v), with b = −∇Φ: equal
+    to E|v − v*|² up to a θ-free constant, v* = b − β⁻¹∇log ρ_t (because
+    E_ρ[v·∇log ρ] = −E_ρ[div v]); needs neither the score nor the density.
+
+    Parameters
+    ----------
+    x : Tensor (T, B, D)
+        Frozen samples of the current flow at ``times (T,)``.
+    drift : Tensor (T, B, D)
+        b = −∇Φ at ``x``.
+    probes : Tensor (T, B, P, D), optional
+        Hutchinson probes; exact divergence when None.
+    """
+    feats = time_features(params, times)
+    v, div = velocity(params, x, feats, probes=probes, exact_div=probes is None)
+    return ((v * v).sum(-1) - 2.0 * ((v * drift).sum(-1) + div / beta)).mean()
+
+
+def cosine_factor(i: int, n: int, final: float) -> float:
+    """Learning-rate factor at iteration ``i`` of ``n``: cosine from 1 down to ``final``."""
+    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * i / max(1, n)))
+
+
+# ---------------------------------------------------------------------------- solver
+class Scvm(Solver):
+    name = "scvm"
+    version = "1"
+    parameters = {
+        "iters": [1000], "batch_size": [256], "n_times": [10], "width": [64], "rank": [20],
+        "lr": [3e-3], "lr_final": [1e-3], "ode_steps": [32], "dtype": ["float32"],
+        "hutchinson": [0], "data_batch_size": [512], "n_samples": [4096],
+    }
+    capabilities = frozenset({SAMPLES, LOG_DENSITY, GPU})
+    labels = {"iters": "it", "width": "w", "batch_size": "batch", "n_times": "K",
+              "ode_steps": "steps/t"}
+    description = ("self-consistent velocity matching (Li et al. 2023): a time-dependent "
+                   "velocity field trained on its own flow; ODE densities")
+
+    @classmethod
+    def validate_params(cls, params):
+        super().validate_params(params)
+        require_positive(cls.name, params, "lr", "lr_final")
+        if params["lr_final"] > 1:
+            raise ValueError(f"solver 'scvm': lr_final is a fraction of lr in (0, 1], "
+                             f"got {params['lr_final']!r}")
+        for key, low in (("iters", 1), ("batch_size", 1), ("n_times", 1), ("width", 2),
+                         ("rank", 1), ("ode_steps", 1), ("n_samples", 1), ("hutchinson", 0),
+                         ("data_batch_size", 0)):
+            value = params[key]
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) \
+                    or value < low:
+                raise ValueError(f"solver 'scvm': {key} must be an integer >= {low}, "
+                                 f"got {value!r}")
+        if params["dtype"] not in DTYPES:
+            raise ValueError(f"solver 'scvm': dtype must be one of {sorted(DTYPES)}, "
+                             f"got {params['dtype']!r}")
+
+    def skip(self, task):
+        if getattr(task, "observations", ()):
+            return True, ("scvm learns one flow of the Fokker-Planck equation; it does not "
+                          "assimilate observations")
+        if _has_data_minibatches(task) and self.params["ode_steps"] < DATA_TASK_MIN_ODE_STEPS:
+            return True, (f"a data posterior is stiff for a fixed-step ODE: ode_steps="
+                          f"{self.params['ode_steps']} diverged on bayesian_logreg/synthetic; "
+                          f"use ode_steps >= {DATA_TASK_MIN_ODE_STEPS} (more on larger data "
+                          "sets, see the module doc)")
+        return False, ""
+
+    # setup -------------------------------------------------------------------------
+    def setup(self, task, times, seed, context):
+        p = self.params
+        self.task, self.times = task, sorted(float(t) for t in times)
+        self.horizon = self.times[-1]
+        if self.horizon <= 0:
+            raise ValueError(f"solver 'scvm': needs a positive evaluation time, got {times}")
+        self.device, self.dtype = context.device, DTYPES[p["dtype"]]
+        self.progress = context.progress
+        train_seed, init_seed, probe_seed, result_seed = seed.spawn(4)
+        self.rng = np.random.default_rng(train_seed)
+        self.result_rng = np.random.default_rng(result_seed)
+        init_gen = torch.Generator().manual_seed(int(init_seed.generate_state(1)[0]))
+        self.probe_gen = torch.Generator(device=self.device).manual_seed(
+            int(probe_seed.generate_state(1)[0]))
+        self.params0 = init_velocity_net(task.dim, int(p["width"]), int(p["rank"]), init_gen,
+                                         self.dtype, self.device)
+
+    def _tensor(self, a: np.ndarray) -> torch.Tensor:
+        return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
+
+    def _drift_fn(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """b = −∇Φ on a tensor, with a fresh data minibatch per call for data tasks."""
+        size = int(self.params["data_batch_size"])
+        task = self.task
+        probe = task.data_batch(size, self.rng) if size > 0 else None
+        if probe is None:
+            return lambda y: -task.grad_potential_torch(y)
+        return lambda y: -task.grad_potential_torch(y, task.data_batch(size, self.rng))
+
+    # run ----------------------------------------------------------------------------
+    def run(self):
+        p = self.params
+        iters, batch, n_times = int(p["iters"]), int(p["batch_size"]), int(p["n_times"])
+        steps, beta = float(p["ode_steps"]), float(self.task.beta)
+        n_probes, dim = int(p["hutchinson"]), self.task.dim
+        lr, lr_final = float(p["lr"]), float(p["lr_final"])
+        drift_fn = self._drift_fn()
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in self.params0.items()}
+        optimizer = torch.optim.Adam(list(params.values()), lr=lr, betas=ADAM_BETAS)
+        losses = np.empty(iters)
+        start = time.perf_counter()
+        for i in range(iters):
+            optimizer.param_groups[0]["lr"] = lr * cosine_factor(i, iters, lr_final)
+            # stratified times shared by the batch, t = 0 included (the authors' sampler)
+            strata = (np.arange(n_times) + self.rng.random(n_times)) * self.horizon / n_times
+            times = self._tensor(np.concatenate([[0.0], strata]))
+            x0 = self._tensor(self.task.sample_initial(batch, self.rng))
+            x = trajectory_at(params, x0, times[1:], steps)
+            x = torch.cat([x0[None], x])
+            with torch.no_grad():
+                drift = drift_fn(x.reshape(-1, dim)).reshape(x.shape)
+            probes = None
+            if n_probes:
+                probes = torch.randn(*x.shape[:2], n_probes, dim, generator=self.probe_gen,
+                                     dtype=self.dtype, device=self.device)
+            optimizer.zero_grad(set_to_none=True)
+            loss = ibp_loss(params, x, times, drift, beta, probes)
+            loss.backward()
+            optimizer.step()
+            losses[i] = float(loss.detach())
+            if not math.isfinite(losses[i]):
+                raise FloatingPointError(
+                    f"scvm: loss is {losses[i]} at iteration {i}; a flow that blows up "
+                    f"usually means RK4 steps too long for the task's stiffness (raise "
+                    f"ode_steps, now {p['ode_steps']}) or too large a rate (lr)")
+            if i % 10 == 0 or i == iters - 1:
+                self.progress(i + 1, iters, f"SCVM iteration {i + 1}/{iters} "
+                                            f"loss {losses[i]:.4g}")
+        self.net = {k: v.detach() for k, v in params.items()}
+        tail = losses[-max(1, iters // 20):]
+        info = {"iters": iters, "train_seconds": time.perf_counter() - start,
+                "final_loss": float(tail.mean()),
+                "loss_curve": losses[:: max(1, iters // 100)].tolist(),
+                "ode": f"rk4, {p['ode_steps']} steps per unit time",
+                "divergence": "exact" if n_probes == 0 else f"hutchinson({n_probes})"}
+        return {t: self._result(t, info) for t in self.times}
+
+    # results -------------------------------------------------------------------------
+    def velocity_at(self, t: float, x: np.ndarray) -> np.ndarray:
+        """The learned v_θ(t, x) at points ``x (n, D)`` (after :meth:`run`); float64 numpy."""
+        with torch.no_grad():
+            feats = time_features(self.net, torch.full((1,), float(t), dtype=self.dtype,
+                                                       device=self.device))
+            v, _ = velocity(self.net, self._tensor(np.asarray(x, dtype=np.float64))[None], feats)
+        return v[0].cpu().double().numpy()
+
+    def _chunk_rows(self) -> int:
+        """Rows per evaluation chunk: the (rows, D, width) tangents stay ~16 MB."""
+        width = int(self.params["width"])
+        return int(np.clip(CHUNK_ELEMENTS // (self.task.dim * width), 256, 16384))
+
+    def push(self, x0: np.ndarray, t: float, log0: np.ndarray | None = None
+             ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Flow ``x0 (n, D)`` from 0 to ``t``; with ``log0 (n,)``, the log-densities there.
+
+        The change −∫₀ᵗ div v ds is accumulated from 0 in the network's dtype and
+        added to ``log0`` in float64 (so float32 rounding is relative to the
+        change, not to log ρ0).
+        """
+        if log0 is None:
+            return self._integrate(x0, 0.0, t, None)
+        x, change = self._integrate(x0, 0.0, t, np.zeros(np.shape(x0)[0]))
+        return x, np.asarray(log0, dtype=np.float64) + change
+
+    def pull(self, y: np.ndarray, t: float) -> tuple[np.ndarray, np.ndarray]:
+        """Flow ``y (m, D)`` back from ``t`` to 0: (x0, ∫₀ᵗ div v_θ(s, x_s) ds along the path).
+
+        Integrating dℓ/ds = −div v from s = t (ℓ = 0) down to s = 0 leaves
+        ℓ(0) = ∫₀ᵗ div v ds, so log ρ_t(y) = log ρ0(x0) − ℓ(0).
+        """
+        return self._integrate(y, t, 0.0, np.zeros(np.shape(y)[0]))
+
+    def _integrate(self, x: np.ndarray, t_from: float, t_to: float,
+                   logp: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Chunked :func:`rk4_path` on numpy arrays (float64 in and out)."""
+        n_steps = steps_for(t_to - t_from, float(self.params["ode_steps"]))
+        x = np.asarray(x, dtype=np.float64)
+        out = np.empty_like(x)
+        out_l = None if logp is None else np.empty(x.shape[0])
+        rows = self._chunk_rows()
+        for s in range(0, x.shape[0], rows):
+            xc = self._tensor(x[s:s + rows])
+            lc = None if logp is None else self._tensor(logp[s:s + rows])
+            xc, lc = rk4_path(self.net, xc, t_from, t_to, n_steps, lc)
+            out[s:s + rows] = xc.cpu().double().numpy()
+            if out_l is not None:
+                out_l[s:s + rows] = lc.cpu().double().numpy()
+        return out, out_l
+
+    def _result(self, t: float, info: dict) -> SolverResult:
+        task = self.task
+
+        def draw(n: int, rng: np.random.Generator):
+            x0 = task.sample_initial(n, rng)
+            return self.push(x0, t, task.log_density_initial(x0))
+
+        def log_density(y: np.ndarray) -> np.ndarray:
+            y = np.atleast_2d(np.asarray(y, dtype=np.float64))
+            x0, div_integral = self.pull(y, t)
+            return task.log_density_initial(x0) - div_integral
+
+        samples, _ = self.push(task.sample_initial(int(self.params["n_samples"]),
+                                                   self.result_rng), t)
+        return SolverResult(samples=samples, log_density=log_density, draw=draw,
+                            info=dict(info), law=IID_DENSITY)
