@@ -89,13 +89,45 @@ def _check_result(result: Any, dim: int) -> None:
                          f"{np.shape(result.samples)[0]} particles")
 
 
-def reference_draws(spec: dict, task, reference, t: float, options: dict):
-    """The reference's shared draws at ``t``: the same streams for every solver of the grid."""
-    from metrics.base import ReferenceDraws
+#: terms larger than this stay in the run's memory instead of the grid's shared cache
+#: (the sliced W2's sorted projections, 16 MB, are cheaper to redo than to keep per run)
+SHARED_TERM_BYTES = 4 << 20
 
+
+def _shared_draws_class():
+    """:class:`metrics.base.ReferenceDraws` whose disk cache keeps only small terms."""
+    from metrics.base import ReferenceDraws, _load, _save
+
+    class SharedReferenceDraws(ReferenceDraws):
+        def cached(self, name, compute):
+            if name in self._memory:
+                return self._memory[name]
+            path = self._path(name)
+            value = _load(path) if path is not None else None
+            if value is None:
+                value = {k: np.asarray(v) for k, v in compute().items()}
+                if path is not None and sum(v.nbytes for v in value.values()) \
+                        <= SHARED_TERM_BYTES:
+                    _save(path, value)
+            self._memory[name] = value
+            return value
+
+    return SharedReferenceDraws
+
+
+def reference_draws(spec: dict, task, reference, t: float, options: dict):
+    """The reference's shared draws at ``t``: the same streams for every solver of the grid.
+
+    With ``options["cache_dir"]`` (set by the runner for one invocation) the
+    terms metrics derive from them — the energy distance's reference half, the
+    reference log-densities of the SymKL draws — are computed by the first run
+    of a (task, seed, t) and read by the others; values are identical either
+    way (tested).
+    """
     key = json.dumps([spec["task"], spec["task_params"], spec.get("task_code", ""),
                       spec["seed"], spec["seed_entropy"], float(t)], sort_keys=True, default=str)
-    return ReferenceDraws(reference, grid.reference_seed(spec, t), options.get("cache_dir"), key)
+    return _shared_draws_class()(reference, grid.reference_seed(spec, t),
+                                 options.get("cache_dir"), key)
 
 
 def _evaluate(spec: dict, task, result: SolverResult, t: float, options: dict

@@ -371,9 +371,11 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
     if not specs:
         return counts
     progress_dir = tempfile.mkdtemp(prefix="gfbench-progress-")
+    cache_dir = _shared_cache(out)
     options = {**options, "progress_dir": progress_dir, "main_pid": os.getpid(),
-               "started_at": time.time()}
+               "started_at": time.time(), "cache_dir": str(cache_dir)}
     with ExitStack() as stack:
+        stack.callback(_drop_cache, cache_dir)
         if backend == "dask":
             from dask.distributed import Client
 
@@ -425,6 +427,27 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
             monitor.stop.set()
             shutil.rmtree(progress_dir, ignore_errors=True)
     return counts
+
+
+def _shared_cache(out: Path) -> Path:
+    """This invocation's cache of reference terms, ``OUT/.cache/<pid>``; the caches of
+    invocations that died (kill -9) are removed here."""
+    root = Path(out) / ".cache"
+    if root.is_dir():
+        for entry in root.iterdir():
+            if entry.name.isdigit() and not store._pid_alive(int(entry.name)):
+                shutil.rmtree(entry, ignore_errors=True)
+    path = root / str(os.getpid())
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _drop_cache(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    try:
+        path.parent.rmdir()  # only when no other invocation is using it
+    except OSError:
+        pass
 
 
 def _assign_device(options: dict, index: int) -> dict:

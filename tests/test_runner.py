@@ -204,3 +204,22 @@ def test_sigterm_stops_the_runner_cleanly(tmp_path):
     finally:
         os.killpg(runner.pid, signal.SIGKILL) if runner.poll() is None else None
     assert runner.returncode == 130 and "rerun to resume" in stderr
+
+
+def test_the_shared_reference_cache_changes_no_value_and_is_shared(tmp_path):
+    from runners.execute import execute
+    from runners.grid import GridBlock, RunConfig, expand
+
+    specs = expand(RunConfig([GridBlock({"ou": {"dim": [3], "times": [0.5]}},
+                                        {"em": {"n_particles": [300]}, "exact": {}})],
+                             metrics=["energy", "symkl", "symkl_kde", "sliced_w2"]))
+    plain = [execute(spec, {})[0] for spec in specs]
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    shared = [execute(spec, {"cache_dir": str(cache)})[0] for spec in specs]
+    for a, b in zip(plain, shared):
+        for name in ("energy", "energy_se", "symkl", "symkl_kde", "sliced_w2"):
+            assert a.get(name) == b.get(name) or (np.isnan(a[name]) and np.isnan(b[name]))
+    # the second solver read the first one's reference terms; the 16 MB projections stayed out
+    files = list(cache.glob("*.npz"))
+    assert 1 <= len(files) <= 3 and all(f.stat().st_size < 4 << 20 for f in files)
