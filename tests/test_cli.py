@@ -1,9 +1,12 @@
 """Bad input: one clear line on stderr, exit code 2, nothing written."""
 from __future__ import annotations
 
+import os
+
 import pytest
 
 from conftest import TINY
+from runners import store
 
 BASE = ["run", "--times", "0.1", "--seeds", "1", "--quiet"]
 
@@ -122,3 +125,68 @@ def test_profile_blocks_may_set_their_own_seeds(gfbench, tmp_path):
     assert code == 0 and stdout.strip().splitlines()[-1].startswith("7 runs,")
     code, stdout, _ = gfbench("run", "--profile", profile, "--seeds", "1", "--dry-run")
     assert code == 0 and stdout.strip().endswith("2 runs")
+
+
+def test_files_get_the_users_umask(gfbench, tmp_path):
+    old = os.umask(0o022)
+    try:
+        out = tmp_path / "m"
+        assert gfbench("run", *[a for a in TINY if a != "--no-report"], "--out", out)[0] == 0
+        assert gfbench("leaderboard", out)[0] == 0
+    finally:
+        os.umask(old)
+    files = [*store.runs_dir(out).glob("*.json"), out / "results.csv", out / "results.parquet",
+             out / "timings.csv", out / "leaderboard.md", out / "report" / "report.html",
+             out / "report" / "report.md", *(out / "report" / "figures").glob("*.png")]
+    assert len(files) > 10
+    assert {oct(p.stat().st_mode & 0o777) for p in files} == {"0o644"}
+
+
+def test_dry_run_estimates_the_wall_time_from_committed_timings(gfbench, tmp_path, monkeypatch):
+    from runners import estimate
+
+    code, stdout, _ = gfbench("run", *TINY, "--dry-run")
+    assert "unknown" in stdout.splitlines()[-1]
+    timed = tmp_path / "committed"
+    timed.mkdir()
+    (timed / "timings.csv").write_text(
+        "task,task_config,solver,solver_config,seconds,n_runs\n"
+        'ou,dim=1,em,"batch_size=0,dt=0.001,n_particles=200",30,3\n'
+        'ou,dim=2,em,"batch_size=0,dt=0.001,n_particles=200",90,3\n')
+    monkeypatch.setattr(estimate, "PROJECT_RESULTS", tmp_path)
+    code, stdout, _ = gfbench("run", *TINY, "--dry-run", "-j", "2")
+    lines = stdout.splitlines()
+    assert code == 0
+    assert any(line.split()[:3] == ["em", "4", "runs"] and "4 min of compute" in line
+               for line in lines)
+    assert lines[-1] == ("8 runs, estimated wall time 2 min at -j 2 plus 4 runs of unknown "
+                         "time")
+
+
+def test_help_texts_have_descriptions_defaults_and_examples(capsys):
+    from runners.cli import main
+
+    assert main([]) == 2
+    assert "usage: gfbench" in capsys.readouterr().err
+    for command in ("run", "report", "leaderboard", "compare", "prune", "list"):
+        with pytest.raises(SystemExit) as exc:
+            main([command, "--help"])
+        assert exc.value.code == 0
+        text = capsys.readouterr().out
+        assert f"usage: gfbench {command}" in text and "gfbench gfbench" not in text
+        if command != "list":
+            assert "example" in text
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = capsys.readouterr().out
+    text = " ".join(text.split())  # argparse wraps lines
+    for default in ("default 1", "default: all", "default: 80% of the machine's memory",
+                    "default gfbench-results", "one hour"):
+        assert default in text, default
+
+
+def test_progress_is_printed_as_lines_without_a_terminal(gfbench, tmp_path):
+    argv = [a for a in TINY if a != "--quiet"]
+    code, _, err = gfbench("run", *argv, "--out", tmp_path / "p")
+    assert code == 0
+    assert "gfbench: 8/8 runs done after" in err and "\r" not in err

@@ -129,9 +129,9 @@ def test_blr_table_gives_median_and_range_per_protocol(tmp_path):
     _blr_section(doc, frame, ["test_accuracy", "test_loglik"])
     md = "".join(doc.md)
     assert "Protocol `study`" in md and "Protocol `gfbench`" in md
-    study_row = next(line for line in md.splitlines()
-                     if line.startswith("| german") and "[" in line)
-    assert "0.74 [0.7, 0.8]" in study_row and "-0.55 [-0.6, -0.5]" in study_row
+    # one table per metric, ours beside the published column of the same metric
+    assert "| german | 0.74 [0.7, 0.8] | 0.67 | 0.65 |" in md
+    assert "| german | -0.55 [-0.6, -0.5] | -0.6 | -0.6 |" in md
     # the single gfbench run shows its value alone
     assert any(line.startswith("| german | 0.66 |") for line in md.splitlines())
     # a non-default state gets its own table; NaN (before the parameter) is centred
@@ -178,4 +178,4 @@ def test_blr_paired_differences_remove_the_split_to_split_spread(tmp_path):
                                "test_accuracy").empty
     doc = _Document(tmp_path)
     _blr_section(doc, frame, ["test_accuracy", "test_loglik"])
-    assert "icnn − svgd test_accuracy (same split)" in "".join(doc.md)
+    assert "icnn − svgd (same split)" in "".join(doc.md)
