@@ -265,7 +265,9 @@ RULE = ("Rank = 1 + the number of entries that are clearly better: over the repl
         "within noise of the metric's lower bound (0 for a divergence, where the exact law "
         "sits) cannot be beaten; ∞ ranks last and counts as a failure. Cells give the median "
         "over replicates [90 % interval, from the replicates' spread and their Monte Carlo "
-        "errors]; '1 run' entries carry their Monte Carlo error only. Ranking time: the latest "
+        "errors, cut at the metric's lower bound: the interval is of the true value, which "
+        "cannot be below it, while an unbiased estimate — the median shown — can be]; '1 run' "
+        "entries carry their Monte Carlo error only. Ranking time: the latest "
         "evaluation time every solver of the task shares; ok runs only.")
 
 

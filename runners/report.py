@@ -156,7 +156,12 @@ def _plt():
 def _palette(labels, sns) -> dict[str, Any]:
     """One colour per solver label, the same in every figure of the report."""
     labels = sorted(set(labels), key=aggregate.natural_key)
-    colours = sns.color_palette("tab10" if len(labels) <= 10 else "husl", len(labels))
+    # qualitative palettes one after the other: a hue wheel ("husl") gives neighbouring
+    # labels (variants of one solver) nearly the same colour once there are more than ten
+    colours = (sns.color_palette("tab10") + sns.color_palette("Dark2")
+               + sns.color_palette("Set1"))
+    if len(labels) > len(colours):
+        colours = sns.color_palette("husl", len(labels))
     return dict(zip(labels, colours))
 
 
@@ -695,9 +700,9 @@ def _failures(doc: _Document, frame: pd.DataFrame, info: dict) -> None:
 
 
 HTML_HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>gfbench report</title>
-<style>body{font-family:system-ui,sans-serif;max-width:1250px;margin:2em auto;padding:0 1em;
-line-height:1.4}table{border-collapse:collapse;font-size:0.82em;margin:0.6em 0}
-td,th{border-bottom:1px solid #ddd;padding:2px 7px;text-align:left;white-space:nowrap}
+<style>body{font-family:system-ui,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;
+line-height:1.4}table{border-collapse:collapse;font-size:0.76em;margin:0.6em 0}
+td,th{border-bottom:1px solid #ddd;padding:2px 5px;text-align:left;white-space:nowrap}
 th{position:sticky;top:0;background:#fafafa}.wide{overflow-x:auto;max-width:100%}
 figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}
 details{margin:0.4em 0}summary{cursor:pointer;color:#235}nav ul{columns:2}</style>
