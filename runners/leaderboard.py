@@ -208,6 +208,9 @@ def _note(n_valid: int, n_inf: int, n_nan: int, runs: pd.DataFrame, metric: str 
             if "metric_notes" in runs else set()
         reasons.discard("")
         notes.append(f"{n_nan} not computed" + (f" ({sorted(reasons)[0]})" if reasons else ""))
+    skipped = runs[runs["status"] == "skipped"]
+    if len(skipped) and skipped["error"].notna().any():
+        notes.append(f"skipped: {str(skipped['error'].dropna().iloc[0])[:120]}")
     failed = runs[runs["status"].isin(aggregate.FAILED_STATUSES)]
     if len(failed):
         first = str(failed["error"].dropna().iloc[0]) if failed["error"].notna().any() else ""
@@ -229,6 +232,8 @@ def summary(board: pd.DataFrame) -> pd.DataFrame:
 # --- output ----------------------------------------------------------------------------------
 def cell(row: pd.Series) -> str:
     """``0.0123 [0.011, 0.014]`` with ∞ and 'failed' spelled out."""
+    if row["status"] == "skipped":
+        return "skipped"  # the solver does not apply here (the reason is in the note)
     if row["status"] != "ok":
         return f"failed ({row['status']})"
     text = aggregate.format_number(row["median"])
@@ -239,6 +244,11 @@ def cell(row: pd.Series) -> str:
     return text
 
 
+def _unranked(status: str) -> str:
+    """Matrix cell of an entry without a rank: a skip is not a failure."""
+    return "skipped" if status == "skipped" else "failed"
+
+
 def matrix(part: pd.DataFrame) -> pd.DataFrame:
     """Solvers × groups: ``#rank median`` per cell, then wins and mean rank."""
     groups = sorted(part["group"].unique(), key=aggregate.natural_key)
@@ -247,10 +257,12 @@ def matrix(part: pd.DataFrame) -> pd.DataFrame:
         by_group = rows.set_index("group")
         cells = {g: (f"#{int(by_group.loc[g, 'rank'])} {aggregate.format_number(by_group.loc[g, 'median'])}"
                      if g in by_group.index and pd.notna(by_group.loc[g, "rank"])
-                     else ("failed" if g in by_group.index else ""))
+                     else (_unranked(by_group.loc[g, "status"]) if g in by_group.index
+                           else ""))
                  for g in groups}
         ranks = rows["rank"].dropna()
-        cells["wins"] = f"{int((ranks == 1).sum())}/{len(rows)}"
+        entered = int((rows["status"] != "skipped").sum())
+        cells["wins"] = f"{int((ranks == 1).sum())}/{entered}" if entered else "—"
         cells["mean rank"] = aggregate.format_number(ranks.mean()) if len(ranks) else "—"
         table[label] = cells
     out = pd.DataFrame.from_dict(table, orient="index")

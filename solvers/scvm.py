@@ -73,7 +73,15 @@ velocity Jacobian of an OU flow, −A + β⁻¹S_t⁻¹, starts at ≈ 1 − λ_
 relaxes to 0 within ≈ 1/(2λ_max). 128 steps did not change the result on OU
 D = 4, task seed 100 (λ_max 32.5; SymKL 0.052 / 0.052 at t = 0.5 / 0.9 against
 0.058 / 0.054 with 32, 500 iterations at lr 1e-3): the ODE is not what limits
-accuracy there.
+accuracy there. The benchmark's own instances are stiffer: λ_max(A) = 181 at
+OU D = 11, seed 2 (130 at D = 32 seed 1, 91 at D = 64 seed 2), where 32 steps
+diverged (loss NaN at iteration 13). So ``setup`` estimates λ = max |eig ∇²Φ|
+at 256 ρ0 draws (power iteration on central-difference Hessian-vector
+products of ``grad_potential``, 30 iterations: exact to 4 digits on OU) and
+raises the step count to ceil(λ / 2.5) per unit time where that exceeds
+``ode_steps`` (73 / 52 / 37 on those three; the mixtures' λ ≤ 65 keep 32) —
+what Dopri5's step control does by itself. The rows' ``info`` records λ
+(``stiffness``) and the steps used. Data posteriors keep ``skip``'s rule below.
 ``draw(n, rng)`` pushes fresh ρ0 draws forward integrating dℓ/dt = −div v_θ
 (exact divergence) from ℓ(0) = 0, and returns log ρ0(x0) + ℓ(t) (added in
 float64). ``log_density(y)`` integrates x and ℓ backwards from (t, y) with
@@ -198,6 +206,12 @@ CHUNK_ELEMENTS = 2 ** 22
 #: default 32 diverged on bayesian_logreg/synthetic (Hessian of Φ up to ≈ 2e2), 128 matched
 #: SVGD there (module doc); ``skip`` refuses such tasks below it
 DATA_TASK_MIN_ODE_STEPS = 128
+#: RK4 steps per unit time are raised to ceil(λ / RK4_STEP_LAMBDA) where λ estimates the
+#: largest |eigenvalue| of ∇²Φ (RK4's stability interval on the real axis is hλ < 2.785;
+#: 2.5 keeps a margin for the learned field's own Jacobian)
+RK4_STEP_LAMBDA = 2.5
+#: ρ0 draws and power iterations of the stiffness estimate
+STIFFNESS_POINTS, STIFFNESS_ITERS = 256, 30
 
 
 def _has_data_minibatches(task: Any) -> bool:
@@ -206,6 +220,27 @@ def _has_data_minibatches(task: Any) -> bool:
         return task.data_batch(1, np.random.default_rng(0)) is not None
     except Exception:  # noqa: BLE001  (skip never raises: no data, or no batch of 1)
         return False
+
+
+def drift_stiffness(task: Any, rng: np.random.Generator,
+                    n_points: int = STIFFNESS_POINTS, n_iter: int = STIFFNESS_ITERS) -> float:
+    """Largest |eigenvalue| of ∇²Φ over ``n_points`` ρ0 draws (power iteration).
+
+    Hessian-vector products are central differences of ``task.grad_potential``
+    (float64), so any task with a gradient works; the estimate is a lower bound
+    of the true maximum (ρ0's support only; exact for a quadratic Φ).
+    """
+    x = np.asarray(task.sample_initial(n_points, rng), dtype=np.float64)
+    v = rng.standard_normal(x.shape)
+    v /= np.linalg.norm(v, axis=1, keepdims=True)
+    eps = 1e-4 * (1.0 + np.abs(x).max())
+    lam = np.zeros(n_points)
+    for _ in range(n_iter):
+        hv = (task.grad_potential(x + eps * v) - task.grad_potential(x - eps * v)) / (2 * eps)
+        lam = np.abs(np.einsum("nd,nd->n", v, hv))
+        norm = np.linalg.norm(hv, axis=1, keepdims=True)
+        v = np.where(norm > 0, hv / np.where(norm > 0, norm, 1.0), v)
+    return float(lam.max())
 
 
 # --------------------------------------------------------------------------- network
@@ -543,7 +578,8 @@ class Scvm(Solver):
             raise ValueError(f"solver 'scvm': needs a positive evaluation time, got {times}")
         self.device, self.dtype = context.device, DTYPES[p["dtype"]]
         self.progress = context.progress
-        train_seed, init_seed, probe_seed, result_seed = seed.spawn(4)
+        # a fifth child for the stiffness estimate leaves the first four streams unchanged
+        train_seed, init_seed, probe_seed, result_seed, stiff_seed = seed.spawn(5)
         self.rng = np.random.default_rng(train_seed)
         self.result_rng = np.random.default_rng(result_seed)
         init_gen = torch.Generator().manual_seed(int(init_seed.generate_state(1)[0]))
@@ -551,6 +587,14 @@ class Scvm(Solver):
             int(probe_seed.generate_state(1)[0]))
         self.params0 = init_velocity_net(task.dim, int(p["width"]), int(p["rank"]), init_gen,
                                          self.dtype, self.device)
+        # a data posterior's stiffness is handled by skip (its minibatch gradients make a
+        # finite-difference estimate noisy); other tasks get a step their stiffness allows
+        self.stiffness = (float("nan") if _has_data_minibatches(task)
+                          else drift_stiffness(task, np.random.default_rng(stiff_seed)))
+        self.steps_per_unit = int(p["ode_steps"])
+        if math.isfinite(self.stiffness):
+            self.steps_per_unit = max(self.steps_per_unit,
+                                      math.ceil(self.stiffness / RK4_STEP_LAMBDA))
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
@@ -568,7 +612,7 @@ class Scvm(Solver):
     def run(self):
         p = self.params
         iters, batch, n_times = int(p["iters"]), int(p["batch_size"]), int(p["n_times"])
-        steps, beta = float(p["ode_steps"]), float(self.task.beta)
+        steps, beta = float(self.steps_per_unit), float(self.task.beta)
         n_probes, dim = int(p["hutchinson"]), self.task.dim
         lr, lr_final = float(p["lr"]), float(p["lr_final"])
         drift_fn = self._drift_fn()
@@ -599,7 +643,8 @@ class Scvm(Solver):
                 raise FloatingPointError(
                     f"scvm: loss is {losses[i]} at iteration {i}; a flow that blows up "
                     f"usually means RK4 steps too long for the task's stiffness (raise "
-                    f"ode_steps, now {p['ode_steps']}) or too large a rate (lr)")
+                    f"ode_steps, now {self.steps_per_unit} per unit time) or too large a "
+                    f"rate (lr)")
             if i % 10 == 0 or i == iters - 1:
                 self.progress(i + 1, iters, f"SCVM iteration {i + 1}/{iters} "
                                             f"loss {losses[i]:.4g}")
@@ -608,7 +653,8 @@ class Scvm(Solver):
         info = {"iters": iters, "train_seconds": time.perf_counter() - start,
                 "final_loss": float(tail.mean()),
                 "loss_curve": losses[:: max(1, iters // 100)].tolist(),
-                "ode": f"rk4, {p['ode_steps']} steps per unit time",
+                "ode": f"rk4, {self.steps_per_unit} steps per unit time",
+                "stiffness": self.stiffness,
                 "divergence": "exact" if n_probes == 0 else f"hutchinson({n_probes})"}
         return {t: self._result(t, info) for t in self.times}
 
@@ -650,7 +696,7 @@ class Scvm(Solver):
     def _integrate(self, x: np.ndarray, t_from: float, t_to: float,
                    logp: np.ndarray | None) -> tuple[np.ndarray, np.ndarray | None]:
         """Chunked :func:`rk4_path` on numpy arrays (float64 in and out)."""
-        n_steps = steps_for(t_to - t_from, float(self.params["ode_steps"]))
+        n_steps = steps_for(t_to - t_from, float(self.steps_per_unit))
         x = np.asarray(x, dtype=np.float64)
         out = np.empty_like(x)
         out_l = None if logp is None else np.empty(x.shape[0])

@@ -14,9 +14,12 @@ inside its SVD construction, so S has one eigenvalue of order D and A = S⁻¹
 gets stiff as D grows. Range of A's eigenvalues over task seeds 0–4
 (scikit-learn 1.9): D = 1: [0.51, 0.76]; 2: [0.38, 11.8]; 12: [0.08, 38];
 16: [0.06, 42]; 32: [0.03, 82]; 64: [0.015, 146]; 128: [0.008, 683]. The
-fastest mode sets the step an explicit method needs (Euler–Maruyama is
-stable for dt < 2/λ_max: 3e-3 at D = 128, so the default dt = 1e-3 holds
-everywhere); the slowest one is still far from stationary at t = 1.
+benchmark's own instances (seeds 0–2 of the default entropy) have λ_max up to
+29 at D ≤ 10 but 181 at D = 11 (seed 2), 59 at D = 16, 130 at D = 32, 91 at
+D = 64 and 198 at D = 128. The fastest mode sets the step an explicit method
+needs (Euler–Maruyama is stable for dt < 2/λ_max: 3e-3 at D = 128, so the
+default dt = 1e-3 holds everywhere; SCVM's RK4 raises its step count from an
+estimate of λ_max); the slowest one is still far from stationary at t = 1.
 """
 from __future__ import annotations
 

@@ -179,3 +179,21 @@ def test_blr_paired_differences_remove_the_split_to_split_spread(tmp_path):
     doc = _Document(tmp_path)
     _blr_section(doc, frame, ["test_accuracy", "test_loglik"])
     assert "icnn − svgd (same split)" in "".join(doc.md)
+
+
+def test_a_skipped_solver_reads_skipped_with_its_reason_not_failed():
+    frame = pd.DataFrame({
+        "task": "ou", "task_config": "dim=16", "t": 0.9, "solver_config": "",
+        "solver": ["exact"] * 2 + ["dual_jko", "em"], "seed": [0, 1, 0, 0],
+        "status": ["ok", "ok", "skipped", "error"],
+        "error": ["", "", "the basis has 10^5 monomials at D = 16", "boom"],
+        "energy": [1e-4, 2e-4, np.nan, np.nan], "energy_se": 1e-4, "time_run": 1.0})
+    board = leaderboard.build_leaderboard(frame, metric="energy")
+    cells = leaderboard.matrix(board).set_index("solver")
+    assert cells.loc["dual_jko", "all"] == "skipped" and cells.loc["dual_jko", "wins"] == "—"
+    assert cells.loc["em", "all"] == "failed" and cells.loc["em", "wins"] == "0/1"
+    detail = leaderboard.detail_table(board).set_index("solver")
+    assert detail.loc["dual_jko", "median [90% interval]"] == "skipped"
+    assert "10^5 monomials" in detail.loc["dual_jko", "note"]
+    assert detail.loc["dual_jko", "failed"] == 0
+    assert detail.loc["em", "median [90% interval]"].startswith("failed")
