@@ -38,6 +38,9 @@ scores about that much, not 0 (the masses' sampling error is ≈ 0.008). On
 task seeds 0–2 at t = 4 the SymKL gap has medians 0.037 / 0.061 / 0.066 /
 0.095 / 0.109 / 0.080 at D = 2 … 12: below the study's ICNN-JKO medians at
 every D, so those are reachable by a solver that follows the flow.
+
+These are gfbench's instances, not the study's: ``stationary_gmm_study`` rebuilds
+the study's own five targets per D, for like-for-like comparisons with its runs.
 """
 from __future__ import annotations
 

@@ -197,3 +197,18 @@ def test_a_skipped_solver_reads_skipped_with_its_reason_not_failed():
     assert "10^5 monomials" in detail.loc["dual_jko", "note"]
     assert detail.loc["dual_jko", "failed"] == 0
     assert detail.loc["em", "median [90% interval]"].startswith("failed")
+
+
+def test_the_studys_own_mixture_targets_get_its_published_median_beside_them():
+    from runners import report
+
+    published = pd.DataFrame({"task": ["stationary_gmm"] * 2, "solver": ["icnn_jko"] * 2,
+                              "n_particles": [np.nan] * 2, "dim": [10.0, 12.0], "t": [4.0] * 2,
+                              "metric": ["symkl"] * 2, "value": [0.297, 0.489]})
+    for task in ("stationary_gmm_study", "stationary_gmm"):
+        row = pd.Series({"task": task, "t": 4.0})
+        frame_row = pd.Series({"solver": "icnn_jko", "task.dim": 10.0})
+        assert report._published_for(row, published, frame_row) == "0.297 (symkl)"
+    other = pd.Series({"task": "ou", "t": 4.0})
+    assert report._published_for(other, published, pd.Series({"solver": "icnn_jko",
+                                                              "task.dim": 10.0})) == ""
