@@ -95,7 +95,11 @@ Recipes (hyperparameters of the original study)
   task ``stationary_gmm_study`` rebuilds the study's five per D. There (medians of its
   five targets, one thread a run): D = 2, 500 it: 0.064 against the study's 0.056
   (above on each target by 1.04–1.35×; 83 s a run); D = 10, 2000 it: 0.303 against
-  0.297 (ratios 0.86–1.11 run by run; 16 min a run).
+  0.297 (ratios 0.86–1.11 run by run; 16 min a run). The D = 2 gap is not the
+  optimiser's: on its run 3 (study 0.056, floor 0.039) the recipe reads 0.064 and so do
+  a constant rate within each step (0.064), 4000 pre-training iterations (0.064), 1000
+  it/step (0.065) and the original's fresh ρ0 samples pushed through every map (0.066,
+  3× the time).
 - Bayesian logistic regression: h=0.1, width 128–512, 2–16 steps, iters 2000–10000,
   lr 2e-5..2e-3 per data set, data_batch_size ≈ 512.
 - Filtering 1-D: h=0.1, width=256, iters=700, batch_size=1024, lr=4e-3.
