@@ -72,6 +72,8 @@ class StationaryGMMStudy(StationaryGMM):
     replicate_parameters = ("run",)
 
     def __init__(self, seed: np.random.SeedSequence, dim: int = 2, run: int = 0) -> None:
+        # not StationaryGMM.__init__: its parameters (n_components, length) are not this
+        # task's, and its centres come from the gfbench seed; the rest mirrors it
         Task.__init__(self, seed, dim=dim, run=run)
         self.validate_params(self.params)
         self.dim = int(dim)
