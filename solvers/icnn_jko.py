@@ -93,9 +93,15 @@ Recipes (hyperparameters of the original study)
   Comparing with the study needs its own targets: how far ρ_4 still is from ρ* varies
   by instance (``stationary_gmm`` task seeds 0–2 at D = 10: SymKL 0.06–0.35), and the
   task ``stationary_gmm_study`` rebuilds the study's five per D. There (medians of its
-  five targets, one thread a run): D = 2, 500 it: 0.064 against the study's 0.056
-  (above on each target by 1.04–1.35×; 83 s a run); D = 10, 2000 it: 0.303 against
-  0.297 (ratios 0.86–1.11 run by run; 16 min a run). The D = 2 gap is not the
+  five targets, one thread a run; mean per-target difference to the study's stored run
+  ± its standard error over the five): D = 2, 500 it: 0.064 against the study's 0.056
+  (+0.006 ± 0.001, above on each target by 1.04–1.35×; 83 s a run); D = 4, 700 it:
+  0.137 against 0.145 (+0.006 ± 0.007; 2.7 min); D = 6, 700 it: 0.358 against 0.342
+  (+0.027 ± 0.009; 3.8 min); D = 8, 1000 it: 0.422 against 0.406 (+0.018 ± 0.009;
+  6.6 min); D = 10, 2000 it: 0.303 against 0.297 (−0.012 ± 0.015, ratios 0.86–1.11
+  run by run; 16 min a run). The study's own width at D = 6 (512, 700 it) does not
+  close the gap: 0.373 (+0.047 ± 0.013), twice the time; iterations did at D = 10, so
+  D = 6 and 8 at twice the iterations are the next measurement. The D = 2 gap is not the
   optimiser's: on its run 3 (study 0.056, floor 0.039) the recipe reads 0.064 and so do
   a constant rate within each step (0.064), 4000 pre-training iterations (0.064), 1000
   it/step (0.065) and the original's fresh ρ0 samples pushed through every map (0.066,

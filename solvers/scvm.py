@@ -171,6 +171,22 @@ log-likelihood −0.405 and accuracy 0.83 (SVGD, EM and ICNN-JKO: −0.400 to
 ``DATA_TASK_MIN_ODE_STEPS`` = 128; breast_cancer would need ≳ 550 (not
 measured: a GPU-sized run, D = 32 tangent rows per point).
 
+OU above D = 12 (the ``large`` profile, defaults, one thread; SymKL at t = 0.9
+over task seeds 0 / 1 / 2): D = 16: 0.0071 / 0.26 / 0.0076 (131 s a run);
+D = 32: 0.037 / 4.3 / 0.081 (216 s). Seed 1 is the stiff instance: A's largest
+eigenvalue is 59 at D = 16 and 130 at D = 32 against 7–21 for seeds 0 and 2
+(RK4 is stable there: the step count follows λ_max), and ICNN-JKO reads
+0.015 and 0.021 on it. Its samples stay close (energy distance 3.5e-3 at
+D = 32, against ≤ 1.2e-3 on seeds 0 and 2): it is the density, i.e. the
+divergence along the learnt flow, that fails. From D = 32 the skip connection
+also cannot represent the OU velocity exactly (rank 20 < D), which matches
+the tenfold growth of the error on seeds 0 and 2 from D = 16 to 32. Rank D
+helps (task seeds 100 and 101, outside the benchmark's, D = 32, t = 0.9):
+rank 20 0.039 / 0.048, rank 32 0.029 / 0.031, at the same cost (≈ 220 s); still
+above ICNN-JKO (0.019 median on seeds 0–2). At D = 64 (rank 20) the density is
+unusable: SymKL 1.7 / 1.2 / 10.3, relative covariance error 0.18–0.36 against
+the oracle's 0.07 (6.5 min of training, peak RSS 1.73 GB).
+
 Seeds: ``setup`` splits its SeedSequence into the training stream (ρ0 draws,
 times, data minibatches), the initial weights (a CPU torch.Generator), the
 Hutchinson probes (a generator on the run's device) and the result samples.
