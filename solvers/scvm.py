@@ -180,7 +180,7 @@ eigenvalue is 59 at D = 16 and 130 at D = 32 against 7–21 for seeds 0 and 2
 D = 32, against ≤ 1.2e-3 on seeds 0 and 2): it is the density, i.e. the
 divergence along the learnt flow, that fails. From D = 32 the skip connection
 also cannot represent the OU velocity exactly (rank 20 < D), which matches
-the tenfold growth of the error on seeds 0 and 2 from D = 16 to 32. Rank D
+the growth of the error on seeds 0 and 2 from D = 16 to 32 (5× and 11×). Rank D
 helps (task seeds 100 and 101, outside the benchmark's, D = 32, t = 0.9):
 rank 20 0.039 / 0.048, rank 32 0.029 / 0.031, at the same cost (≈ 220 s); still
 above ICNN-JKO (0.019 median on seeds 0–2). At D = 64 (rank 20) the density is
