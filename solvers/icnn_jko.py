@@ -107,8 +107,8 @@ Recipes (hyperparameters of the original study)
   run by run; 16 min a run); D = 12, 2000 it: 0.473 against 0.489 (−0.058 ± 0.025,
   below on 4 of 5; 19 min a run, peak RSS 0.51 GB). The study's own width at D = 6
   (512, 700 it) does not close the gap: 0.373 (+0.047 ± 0.013), twice the time;
-  iterations did at D = 10 and 12, so D = 6 and 8 at twice the iterations are the next
-  measurement. The D = 2 gap is not the
+  iterations did at D = 10 and 12, and at D = 6: 1400 it reads 0.314 against 0.342
+  (−0.010 ± 0.010, below on 3 of 5; 6.6 min a run); D = 8 at 2000 it is next. The D = 2 gap is not the
   optimiser's: on its run 3 (study 0.056, floor 0.039) the recipe reads 0.064 and so do
   a constant rate within each step (0.064), 4000 pre-training iterations (0.064), 1000
   it/step (0.065) and the original's fresh ρ0 samples pushed through every map (0.066,
