@@ -74,13 +74,14 @@ Recipes (hyperparameters of the original study)
   (``gaussian_jko``). The standard profile therefore runs OU with iters=1000
   (the default stays the original 500). The same recipe holds at scale, with no
   change of width or iterations (``large`` profile, seeds 0–2): median SymKL at
-  t=0.9 0.0086 / 0.019 / 0.038 at D=16 / 32 / 64 (seeds 0, 1 at D=64) against the
-  exact JKO floor's 0.0033 / 0.0058 / 0.018, in 3.9 / 11.9 / 43–48 min a run on one
+  t=0.9 0.0086 / 0.019 / 0.040 at D=16 / 32 / 64 against the
+  exact JKO floor's 0.0033 / 0.0058 / 0.018, in 3.9 / 11.9 / 40–48 min a run on one
   thread at a peak RSS of 0.66 / 0.93 / 1.5 GB.
 - Stationary Gaussian mixture: h=0.1 (40 steps to t=4), batch_size=512,
   width 256/384/512/512/512/1024 for D=2/4/6/8/10/12, iters 500/700/700/1000/1000/1200,
   lr=5e-3, lr_late=2e-3, lr_switch_step=20 (the study, on a GPU). On this CPU the
-  standard profile runs width 256 at every D with iters 500/700/700/1000/1000/1000.
+  standard profile runs width 256 at every D with iters 500/700/700/1000/1000/1000
+  (the ``study`` profile: width 128 at D = 2; 1400 it/step at D = 6, 2000 at D = 8, 10, 12).
   Tuning study on task seed 100 (outside the benchmark's seeds), SymKL to ρ* at t = 4,
   whose floor — the distance of the exact ρ_4 to ρ*, from the task's stationarity
   estimate — is 0.028 / 0.158 / 0.242 at D = 2 / 6 / 12:
@@ -99,7 +100,7 @@ Recipes (hyperparameters of the original study)
   by instance (``stationary_gmm`` task seeds 0–2 at D = 10: SymKL 0.06–0.35), and the
   task ``stationary_gmm_study`` rebuilds the study's five per D. There (medians of its
   five targets, one thread a run; mean per-target difference to the study's stored run
-  ± its standard error over the five): D = 2, 500 it: 0.064 against the study's 0.056
+  ± its standard error over the five): D = 2, 500 it, solver seed 0: 0.064 against the study's 0.056
   (+0.006 ± 0.001, above on each target by 1.04–1.35×; 83 s a run); D = 4, 700 it:
   0.137 against 0.145 (+0.006 ± 0.007; 2.7 min); D = 6, 700 it: 0.358 against 0.342
   (+0.027 ± 0.009; 3.8 min); D = 8, 1000 it: 0.422 against 0.406 (+0.018 ± 0.009;
@@ -108,17 +109,24 @@ Recipes (hyperparameters of the original study)
   below on 4 of 5; 19 min a run, peak RSS 0.51 GB). The study's own width at D = 6
   (512, 700 it) does not close the gap: 0.373 (+0.047 ± 0.013), twice the time;
   iterations did at D = 10 and 12, and at D = 6: 1400 it reads 0.314 against 0.342
-  (−0.010 ± 0.010, below on 3 of 5; 6.6 min a run); D = 8 at 2000 it is next. The D = 2 gap is not the
+  (−0.010 ± 0.010, below on 3 of 5; 6.6 min a run), and at D = 8: 2000 it reads 0.378
+  against 0.406 (−0.045 ± 0.010, below on 5 of 5; 10.5 min a run). The D = 2 gap is not the
   optimiser's: on its run 3 (study 0.056, floor 0.039) the recipe reads 0.064 and so do
   a constant rate within each step (0.064), 4000 pre-training iterations (0.064), 1000
   it/step (0.065) and the original's fresh ρ0 samples pushed through every map (0.066,
   3× the time); nor is it the time step's: h = 0.05 (80 steps, same recipe) reads 0.072
   on task seed 100 against 0.070 at h = 0.1 (floor 0.028), nor the density estimate's:
   the study's inversion (float32 gradient descent, tolerance 1e-5) and ours (Newton,
-  1e-10) give the same KL(ρ*‖fitted) on one trained model to 1e-5. It is mostly the
-  solver's seed: other seeds on run 3 read 0.056 / 0.057 / 0.061 / 0.058 (± 0.003
-  each), so the profile's run (0.064) is a high draw and a target's seed-to-seed spread
-  is as large as the gap; one solver seed per target, as in the study, cannot resolve it.
+  1e-10) give the same KL(ρ*‖fitted) on one trained model to 1e-5. Nor is it one
+  solver seed's draw: with five solver seeds per target (the ``study`` profile) width
+  256 reads 0.057 (median of the 25 runs) and stays above the study's run on every
+  target (mean per-target difference +0.005 ± 0.001; the study below 21 of our 25 runs).
+  A narrower network closes it: on a mixture instance outside the benchmark's (``stationary_gmm``
+  built from SeedSequence(100), solver seeds 1–3, SymKL to ρ* at t = 4) width 256 reads
+  0.109 (0.106–0.112), 128 reads 0.102 (0.101–0.105) in 60 % of the time, 64 reads 0.103
+  (0.102–0.105), 128 at 1000 it/step 0.101 and batch 1024 0.107; on the study's targets
+  width 128 (five seeds each) reads 0.054 against the study's 0.056 (mean per-target
+  difference +0.001 ± 0.001, the study below 16 of our 25 runs; 42 s a run).
 - Bayesian logistic regression: h=0.1, width 128–512, 2–16 steps, iters 2000–10000,
   lr 2e-5..2e-3 per data set, data_batch_size ≈ 512.
 - Filtering 1-D: h=0.1, width=256, iters=700, batch_size=1024, lr=4e-3.
