@@ -95,7 +95,9 @@ Recipes (hyperparameters of the original study)
   one thread each): D = 10, floor 0.063: 1000 it 0.348 (524 s), 2000 it 0.272
   (1012 s); D = 12, floor 0.242: 2000 it 0.589 (1306 s) against 0.73 at 1000 it — the
   error above the floor falls by 27 % and 29 %, within the 30-minute budget of a run.
-  The ``study`` profile runs 2000 it/step at D = 10 and 12.
+  The ``study`` profile runs 2000 it/step at D = 10 and 12. Beyond that the gain stops
+  (seed 100, D = 10, Monte Carlo SE 0.011): 3000 it reads 0.265 (1475 s) against 0.272,
+  and width 128, which helps at D = 2, reads 0.326 (583 s).
   Comparing with the study needs its own targets: how far ρ_4 still is from ρ* varies
   by instance (``stationary_gmm`` task seeds 0–2 at D = 10: SymKL 0.06–0.35), and the
   task ``stationary_gmm_study`` rebuilds the study's five per D. There (medians of its
@@ -105,8 +107,11 @@ Recipes (hyperparameters of the original study)
   0.137 against 0.145 (+0.006 ± 0.007; 2.7 min); D = 6, 700 it: 0.358 against 0.342
   (+0.027 ± 0.009; 3.8 min); D = 8, 1000 it: 0.422 against 0.406 (+0.018 ± 0.009;
   6.6 min); D = 10, 2000 it: 0.303 against 0.297 (−0.012 ± 0.015, ratios 0.86–1.11
-  run by run; 16 min a run); D = 12, 2000 it: 0.473 against 0.489 (−0.058 ± 0.025,
-  below on 4 of 5; 19 min a run, peak RSS 0.51 GB). The study's own width at D = 6
+  run by run; 16 min a run), and over five solver seeds a target again 0.303 (25 runs;
+  95 % bootstrap interval, seeds resampled within targets: 0.297–0.310; −0.017 ±
+  0.013 on the targets' seed means, below on 4 of 5, the study's run beaten in 18 of
+  25 runs); D = 12, 2000 it: 0.473 against 0.489 (−0.058 ± 0.025, below on 4 of 5;
+  19 min a run, peak RSS 0.51 GB). The study's own width at D = 6
   (512, 700 it) does not close the gap: 0.373 (+0.047 ± 0.013), twice the time;
   iterations did at D = 10 and 12, and at D = 6: 1400 it reads 0.314 against 0.342
   (−0.010 ± 0.010, below on 3 of 5; 6.6 min a run), and at D = 8: 2000 it reads 0.378
