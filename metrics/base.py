@@ -30,7 +30,7 @@ import hashlib
 import inspect
 import os
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
@@ -55,12 +55,22 @@ class MetricValue:
     floor : float
         Optional: the score the exact law would get at the solver's sample
         size (a particle set's noise floor); NaN when not defined.
+    parts : mapping of str to float
+        Estimates behind ``value`` worth keeping beside it (each KL direction
+        and its error, a density's estimated mass); stored as
+        ``<metric>_<part>`` columns.
+    invalid : str
+        Non-empty when the solver's output fails a check the estimator relies
+        on (a density that does not integrate to 1, a divergence below 0 beyond
+        noise): the reason. Such a value is kept for inspection but never ranked.
     """
 
     value: float
     se: float = float("nan")
     note: str = ""
     floor: float = float("nan")
+    parts: Mapping[str, float] = field(default_factory=dict)
+    invalid: str = ""
 
 
 @dataclass(frozen=True)
@@ -121,9 +131,9 @@ class Metric:
             return MetricValue(float("nan"), note=f"not computed: {type(exc).__name__}: {exc}"[:300])
         value = as_metric_value(out)
         if np.isnan(value.value) and not value.note:
-            value = MetricValue(value.value, value.se, "not computed: NaN estimate", value.floor)
+            value = replace(value, note="not computed: NaN estimate")
         elif np.isinf(value.value) and not value.note:
-            value = MetricValue(value.value, value.se, "infinite", value.floor)
+            value = replace(value, note="infinite")
         return value
 
     def not_applicable(self) -> MetricValue:
@@ -140,7 +150,8 @@ class Metric:
 def as_metric_value(out: Any) -> MetricValue:
     """A metric function's return value (float, pair or MetricValue) as a MetricValue."""
     if isinstance(out, MetricValue):
-        return MetricValue(float(out.value), float(out.se), out.note, float(out.floor))
+        return MetricValue(float(out.value), float(out.se), out.note, float(out.floor),
+                           {str(k): float(v) for k, v in out.parts.items()}, str(out.invalid))
     if isinstance(out, tuple):
         return MetricValue(float(out[0]), float(out[1]))
     return MetricValue(float(out))

@@ -41,17 +41,42 @@ N_KDE = 4096
 KDE_MAX_DIM = 12
 
 
+#: a check fails when its estimate is this many standard errors beyond what it can be
+CHECK_Z = 4.0
+#: slack on top of the noise: a density whose mass is within 5 % of 1 passes (quadrature,
+#: ODE and Monte Carlo normalisations carry small biases: dual_jko's 4000-draw normaliser
+#: reads 1.006 on OU); mass 1 + ε moves each KL direction by log(1 + ε), hence KL_TOL
+MASS_TOL = 0.05
+KL_TOL = float(np.log1p(MASS_TOL))
+
+
 def symkl_from_logs(logp_p: np.ndarray, logq_p: np.ndarray,
                     logq_q: np.ndarray, logp_q: np.ndarray) -> MetricValue:
     """SymKL and its standard error from log-densities of p and q at samples of p and of q.
 
-    Infinite log-ratios give an infinite value with a note; a NaN log-density
-    gives NaN with a note.
+    ``p`` is the solver's law, ``q`` the reference. Beside the sum, the value
+    carries each direction, ``kl_sr`` = KL(p‖q) and ``kl_rs`` = KL(q‖p), with
+    their standard errors, and ``mass`` = E_q[p/q], an importance-sampling
+    estimate of ∫p over the reference's support, with its standard error.
+
+    The Monte Carlo SymKL cannot see a constant offset of log p (it cancels
+    between the two directions), so p's normalisation is checked, not
+    trusted: the value is marked ``invalid`` when a direction lies below 0,
+    or the mass away from 1, by more than :data:`CHECK_Z` standard errors
+    plus a small slack (:data:`KL_TOL`, :data:`MASS_TOL`). A p that misses
+    reference mass has mass < 1 and KL(q‖p) = +∞: an infinite value, not an
+    invalid one. Infinite log-ratios give an infinite value with a note; a
+    NaN log-density gives NaN with a note.
     """
     a = np.asarray(logp_p, dtype=np.float64) - np.asarray(logq_p, dtype=np.float64)
     b = np.asarray(logq_q, dtype=np.float64) - np.asarray(logp_q, dtype=np.float64)
     if np.isnan(a).any() or np.isnan(b).any():
         return MetricValue(float("nan"), note="not computed: NaN log-density")
+    if np.isposinf(-np.asarray(logq_q, dtype=np.float64)).any():
+        return MetricValue(float("nan"), note="not computed: reference log-density is -inf at "
+                                              "its own draws")
+    mass, mass_se = _mass(-b)
+    parts = {"mass": mass, "mass_se": mass_se}
     notes = []
     if np.isposinf(a).any():
         notes.append(f"KL(solver||reference) = inf: {int(np.isposinf(a).sum())} solver draws "
@@ -59,14 +84,50 @@ def symkl_from_logs(logp_p: np.ndarray, logq_p: np.ndarray,
     if np.isposinf(b).any():
         notes.append(f"KL(reference||solver) = inf: {int(np.isposinf(b).sum())} reference "
                      "draws where the solver density is 0")
-    if notes:
-        return MetricValue(float("inf"), float("nan"), "; ".join(notes))
     with np.errstate(over="ignore", invalid="ignore"):
-        value = float(a.mean() + b.mean())
-        se = float(np.sqrt(a.var() / a.size + b.var() / b.size))
+        kl_sr, kl_rs = float(a.mean()), float(b.mean())
+        se_sr, se_rs = (float(np.sqrt(v.var() / v.size)) for v in (a, b))
+    parts.update(kl_sr=kl_sr, kl_sr_se=se_sr, kl_rs=kl_rs, kl_rs_se=se_rs)
+    invalid = _density_check(parts)
+    if notes and not invalid:
+        return MetricValue(float("inf"), float("nan"), "; ".join(notes), parts=parts)
+    value = kl_sr + kl_rs
+    se = float(np.hypot(se_sr, se_rs))
+    if invalid:
+        return MetricValue(value, se, "invalid: " + invalid, parts=parts, invalid=invalid)
     if not np.isfinite(value):
-        return MetricValue(float("inf"), float("nan"), "log-density ratio overflows")
-    return MetricValue(value, se)
+        return MetricValue(float("inf"), float("nan"), "log-density ratio overflows", parts=parts)
+    return MetricValue(value, se, parts=parts)
+
+
+def _mass(log_ratio: np.ndarray) -> tuple[float, float]:
+    """E[exp(log_ratio)] and its standard error, computed without overflow where possible."""
+    finite = log_ratio[np.isfinite(log_ratio)]
+    if np.isposinf(log_ratio).any():
+        return float("inf"), float("nan")
+    if finite.size == 0:
+        return 0.0, 0.0
+    shift = float(finite.max())
+    w = np.exp(log_ratio - shift)  # in [0, 1]; -inf ratios give 0
+    with np.errstate(over="ignore", invalid="ignore"):
+        scale = np.exp(shift)
+        return float(scale * w.mean()), float(scale * w.std() / np.sqrt(w.size))
+
+
+def _density_check(parts: dict[str, float]) -> str:
+    """Why the solver's density cannot be a normalised density ('' when it passes)."""
+    reasons = []
+    for key, name in (("kl_sr", "KL(solver||reference)"), ("kl_rs", "KL(reference||solver)")):
+        value, se = parts[key], parts[f"{key}_se"]
+        noise = CHECK_Z * se if np.isfinite(se) else (0.0 if np.isnan(se) else np.inf)
+        if value == -np.inf or (np.isfinite(value) and value < -(noise + KL_TOL)):
+            reasons.append(f"{name} = {value:.3g} ± {se:.2g} < 0")
+    mass, mass_se = parts["mass"], parts["mass_se"]
+    noise = CHECK_Z * mass_se if np.isfinite(mass_se) else 0.0
+    if not np.isfinite(mass) or mass - 1.0 > noise + MASS_TOL:
+        reasons.append(f"the density integrates to {mass:.3g} ± {mass_se:.2g} over the "
+                       "reference's support (importance sampling), not 1")
+    return "; ".join(reasons)
 
 
 def reference_logs(draws, stream: str, n: int) -> dict[str, np.ndarray]:
@@ -121,7 +182,13 @@ def symkl_grid(result, reference, *, rng: np.random.Generator, draws=None) -> Me
         return MetricValue(float("nan"), note="not computed: non-finite solver density on the grid")
     tiny = 1e-300
     integrand = (p - q) * (np.log(p + tiny) - np.log(q + tiny))
-    return MetricValue(float(np.trapezoid(integrand, grid)), 0.0)
+    value, mass = float(np.trapezoid(integrand, grid)), float(np.trapezoid(p, grid))
+    # a normalised density has at most mass 1 on the grid (up to the trapezoid rule's error)
+    if mass > 1.0 + MASS_TOL:
+        invalid = f"the density integrates to {mass:.3g} on the reference grid, not 1"
+        return MetricValue(value, 0.0, "invalid: " + invalid, parts={"mass": mass},
+                           invalid=invalid)
+    return MetricValue(value, 0.0, parts={"mass": mass})
 
 
 def _has_reference_density(reference) -> bool:

@@ -8,6 +8,7 @@ over replicates and each run's own Monte Carlo standard error.
 """
 from __future__ import annotations
 
+import json
 import math
 import re
 from typing import Iterable
@@ -16,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from runners import registry
+from runners.store import note_for
 
 #: columns identifying one configuration (one cell of the grid, all seeds)
 CONFIG_KEYS = ["task", "task_config", "solver", "solver_config", "t"]
@@ -51,6 +53,83 @@ def metric_lower_bound(metric: str) -> float | None:
 def task_info(task: str) -> dict:
     """A built-in task's index entry ({} for a plugin task)."""
     return registry.index()["tasks"].get(task, {})
+
+
+# --- values that cannot be ranked -------------------------------------------------------
+#: a value further than this many standard errors (plus BOUND_SLACK) below its metric's lower
+#: bound is impossible. Generous on purpose: an unbiased estimator's standard error is itself
+#: estimated, and for the energy U-statistic it is smallest exactly when the value is most
+#: negative (the oracle read −5.8e-4 ± 1.3e-4 on one seed of twenty, 4.5 "standard errors")
+BOUND_Z, BOUND_SLACK = 8.0, 1e-3
+#: no metric of a law takes values this large: a finite one of this size is a broken output
+ABSURD = 1e100
+
+
+def invalid_reasons(frame: pd.DataFrame, metric: str) -> pd.Series:
+    """Per row, why its ``metric`` value cannot be ranked ('' when it can).
+
+    A value cannot be ranked when the metric marked it invalid (its note
+    starts with ``invalid``: a density that does not integrate to 1), when it
+    is impossible for the metric (−∞ for a lower-is-better metric, +∞ for a
+    higher-is-better one, a value below the metric's lower bound by more than
+    :data:`BOUND_Z` standard errors plus :data:`BOUND_SLACK`, a finite magnitude
+    above :data:`ABSURD`),
+    or when it should exist and does not (NaN with a note ``not computed``).
+    ``+∞`` for a divergence is a result, not an invalid value: it ranks last.
+    Rows that are not ``ok`` get '' (their status says what happened).
+    """
+    reasons = pd.Series("", index=frame.index, dtype=object)
+    if metric not in frame or frame.empty:
+        return reasons
+    values = pd.to_numeric(frame[metric], errors="coerce").to_numpy(float)
+    se = pd.to_numeric(frame.get(f"{metric}_se", pd.Series(np.nan, index=frame.index)),
+                       errors="coerce").to_numpy(float)
+    notes = frame["metric_notes"] if "metric_notes" in frame \
+        else pd.Series("", index=frame.index)
+    asked = frame["metric_versions"].map(lambda v: _lists(v, metric)).to_numpy() \
+        if "metric_versions" in frame else np.zeros(len(frame), bool)
+    ok = (frame["status"] == "ok").to_numpy() if "status" in frame else np.ones(len(frame), bool)
+    lower = lower_is_better(metric)
+    bound = metric_lower_bound(metric)
+    for i, (value, error, note) in enumerate(zip(values, se, notes)):
+        if not ok[i]:
+            continue
+        text = note_for(note, metric)
+        if text.startswith("invalid"):
+            reasons.iloc[i] = text
+        elif np.isnan(value):
+            if text.startswith("not computed"):
+                reasons.iloc[i] = text
+            elif asked[i] and not text.startswith("not applicable"):
+                reasons.iloc[i] = "not computed: no value and no reason for a metric the run " \
+                                  "asked for"
+        elif np.isinf(value) and (value < 0) == lower:
+            reasons.iloc[i] = f"impossible value {format_number(value)}"
+        elif np.isfinite(value) and abs(value) > ABSURD:
+            reasons.iloc[i] = f"absurd value {format_number(value)}"
+        elif bound is not None and lower and np.isfinite(value) \
+                and value < bound - BOUND_Z * (error if np.isfinite(error) else 0.0) \
+                - BOUND_SLACK:
+            reasons.iloc[i] = (f"{format_number(value)} is below the metric's lower bound "
+                               f"{format_number(bound)} beyond noise (se "
+                               f"{format_number(error)})")
+    return reasons
+
+
+def _lists(metric_versions: object, metric: str) -> bool:
+    """Whether a row's ``metric_versions`` (JSON) names ``metric``: the run asked for it."""
+    if isinstance(metric_versions, dict):
+        return metric in metric_versions
+    try:
+        parsed = json.loads(metric_versions) if isinstance(metric_versions, str) else {}
+    except ValueError:
+        return False
+    return isinstance(parsed, dict) and metric in parsed
+
+
+def worst_value(metric: str) -> float:
+    """The value a failed or invalid replicate takes in a ranking: +∞ in the worse direction."""
+    return np.inf if lower_is_better(metric) else -np.inf
 
 
 # --- labels ----------------------------------------------------------------------------
@@ -190,7 +269,8 @@ def summarise(frame: pd.DataFrame, metrics: Iterable[str],
     DataFrame
         One row per configuration with ``n_ok``, ``n_failed``, ``n_skipped`` and
         ``<metric>_median``, ``_q25``, ``_q75``, ``_se`` (median of the runs'
-        standard errors) and ``_n_inf`` columns.
+        standard errors), ``_n_inf`` and ``_n_invalid`` columns; invalid values
+        (:func:`invalid_reasons`) are counted, not summarised.
     """
     keys = keys or [k for k in CONFIG_KEYS + ["label"] if k in frame.columns]
     out = []
@@ -200,21 +280,45 @@ def summarise(frame: pd.DataFrame, metrics: Iterable[str],
         row.update(n_ok=len(ok), n_failed=int(part["status"].isin(FAILED_STATUSES).sum()),
                    n_skipped=int((part["status"] == "skipped").sum()))
         for metric in metrics:
-            values = pd.to_numeric(ok[metric], errors="coerce").dropna() \
+            invalid = invalid_reasons(ok, metric) != "" if metric in ok.columns \
+                else pd.Series(False, index=ok.index)
+            values = pd.to_numeric(ok.loc[~invalid, metric], errors="coerce").dropna() \
                 if metric in ok.columns else pd.Series(dtype=float)
             se_col = f"{metric}_se"
             se = pd.to_numeric(ok[se_col], errors="coerce").dropna() \
                 if se_col in ok.columns else pd.Series(dtype=float)
-            with np.errstate(invalid="ignore"):  # quantiles between infinite values
-                quantiles = values.quantile([0.25, 0.5, 0.75]) if not values.empty else None
+            quantiles = _quantiles(values.to_numpy(float)) if not values.empty else None
             row.update({
                 f"{metric}_median": float(quantiles[0.5]) if quantiles is not None else np.nan,
                 f"{metric}_q25": float(quantiles[0.25]) if quantiles is not None else np.nan,
                 f"{metric}_q75": float(quantiles[0.75]) if quantiles is not None else np.nan,
                 f"{metric}_se": float(se.median()) if not se.empty else np.nan,
-                f"{metric}_n_inf": int(np.isinf(values).sum())})
+                f"{metric}_n_inf": int(np.isinf(values).sum()),
+                f"{metric}_n_invalid": int(invalid.sum())})
         out.append(row)
     return pd.DataFrame(out)
+
+
+def _quantiles(values: np.ndarray) -> dict[float, float]:
+    """Quartiles and median that keep infinities: [∞, ∞, ∞] has median ∞, not NaN.
+
+    Linear interpolation, as pandas; where that meets an infinite neighbour
+    (NaN from ∞ − ∞ or 0·∞), the limit of the interpolation is taken: the
+    lower order statistic at a whole position, else the infinite one.
+    """
+    ordered = np.sort(values)
+    out = {}
+    for q in (0.25, 0.5, 0.75):
+        position = q * (ordered.size - 1)
+        low, high = ordered[int(np.floor(position))], ordered[int(np.ceil(position))]
+        fraction = position - np.floor(position)
+        if fraction == 0 or low == high:
+            out[q] = float(low)
+        elif np.isinf(low) or np.isinf(high):
+            out[q] = float(low if np.isinf(low) else high)
+        else:
+            out[q] = float(low + (high - low) * fraction)
+    return out
 
 
 def final_time_rows(frame: pd.DataFrame) -> pd.DataFrame:
@@ -258,8 +362,9 @@ def format_number(value: float, digits: int = 3) -> str:
 def median_iqr(row: pd.Series, metric: str, with_se: bool = False) -> str:
     """``0.012 [0.010, 0.015]`` from a :func:`summarise` row (``± se`` when asked)."""
     median = row.get(f"{metric}_median", np.nan)
+    n_invalid = int(row.get(f"{metric}_n_invalid", 0) or 0)
     if median is None or np.isnan(median):
-        return "—"
+        return f"invalid ({n_invalid})" if n_invalid else "—"
     text = format_number(median)
     q25, q75 = row[f"{metric}_q25"], row[f"{metric}_q75"]
     if q25 != q75:
@@ -270,4 +375,6 @@ def median_iqr(row: pd.Series, metric: str, with_se: bool = False) -> str:
     n_inf = row.get(f"{metric}_n_inf", 0)
     if n_inf and np.isfinite(median):
         text += f" ({int(n_inf)}×∞)"
+    if n_invalid:
+        text += f" ({n_invalid} invalid)"
     return text

@@ -103,7 +103,8 @@ def _build_parser() -> argparse.ArgumentParser:
     how.add_argument("--device", choices=["cpu", "cuda"],
                      help="device for GPU-capable solvers (default cpu)")
     how.add_argument("--backend", choices=["loky", "dask", "ray"],
-                     help="parallel backend (default loky: local processes)")
+                     help="parallel backend (default loky: local processes; ray: the cluster "
+                          "RAY_ADDRESS names or a running local one, else a new local instance)")
     how.add_argument("--scheduler", help="Dask scheduler address (with --backend dask)")
     out = run.add_argument_group("output")
     out.add_argument("--out", default=None, help=f"results directory (default {DEFAULT_OUT})")
@@ -111,7 +112,10 @@ def _build_parser() -> argparse.ArgumentParser:
                      help="keep failed runs on resume instead of retrying them")
     out.add_argument("--no-report", action="store_true", help="do not write the report")
     out.add_argument("--dry-run", action="store_true",
-                     help="print the runs per solver and the estimated time, run nothing")
+                     help="print the runs per solver and the estimated time (and its basis), "
+                          "run nothing")
+    out.add_argument("--verbose", "-v", action="store_true",
+                     help="with --dry-run, also list every run (id, task, solver, seed, times)")
     out.add_argument("--yes", "-y", action="store_true",
                      help="do not ask before a grid estimated above one hour")
     out.add_argument("--quiet", action="store_true", help="no progress output")
@@ -134,17 +138,21 @@ def _build_parser() -> argparse.ArgumentParser:
     board.add_argument("--out", help="directory for leaderboard.md/.csv (default RESULTS)")
     board.add_argument("--metric", help="rank every task by this metric instead of its own")
 
-    prune = sub.add_parser("prune", help="list (or --delete) run files that belong to none "
-                                         "of the given profiles' grids (stale after code edits)",
+    prune = sub.add_parser("prune", help="list (or --delete) stale run files: older code "
+                                         "generations, and with --profile runs of no given grid",
                            formatter_class=_Help,
                            description="A run id hashes the code that produced it, so an edit "
-                                       "leaves stale run files; list those no given profile "
-                                       "produces any more, or delete them.",
+                                       "followed by a rerun leaves the older generation's run "
+                                       "files beside the new ones (readers already ignore "
+                                       "them); list or delete them, and with --profile also "
+                                       "the runs no given profile produces any more. Only "
+                                       "files that parse as run files are touched.",
                            epilog="example:\n  gfbench prune results/standard --profile "
                                   "standard --profile blr --delete")
     prune.add_argument("results", help="results directory")
-    prune.add_argument("--profile", action="append", required=True,
-                       help="a profile whose runs are kept (repeatable)")
+    prune.add_argument("--profile", action="append",
+                       help="a profile whose runs are kept (repeatable); without it only older "
+                            "generations are stale")
     prune.add_argument("--delete", action="store_true",
                        help="delete the stale files and re-export results.csv/.parquet")
 
@@ -364,8 +372,8 @@ def cmd_run(args) -> int:
     from runners.provenance import provenance
 
     config = _config_from_args(args)
-    if args.dry_run and count_runs(config) > 10_000:
-        print(f"{count_runs(config):,} runs (listing only the count above 10,000)")
+    if args.dry_run and args.verbose and count_runs(config) > 10_000:
+        print(f"{count_runs(config):,} runs (not listed one by one above 10,000)")
     specs = expand(config)
     if not specs:
         raise BadInput("the selection is empty: no (task, solver) pair to run")
@@ -376,11 +384,12 @@ def cmd_run(args) -> int:
         parallel.warm_up(parallel.preload_modules(specs))  # imports overlap what follows
     estimate = estimate_specs(specs)
     if args.dry_run:
-        if len(specs) <= 10_000:
+        # the answer first (runs and time per solver, on what basis); the list on request
+        print("\n".join(estimate.lines(config.n_jobs, n_threads=config.n_threads or 1)))
+        if args.verbose and len(specs) <= 10_000:
             for spec in specs:
                 print(spec["run_id"], spec["task"], spec["task_params"], spec["solver"],
                       spec["solver_params"], "seed", spec["seed"], "t", spec["times"])
-        print("\n".join(estimate.lines(config.n_jobs)))
         return EXIT_OK
     out = Path(args.out or DEFAULT_OUT)
     check_writable(out, RESULT_FILES)
@@ -423,6 +432,12 @@ def cmd_run(args) -> int:
     print("gfbench: runs by status: " + ", ".join(f"{k} {v}" for k, v in
                                                   sorted(status_counts.items())),
           file=sys.stderr)
+    failures = {k: v for k, v in sorted(status_counts.items()) if k not in ("ok", "skipped")}
+    if failures:
+        print(f"gfbench: {sum(failures.values())} of {len(ids)} runs failed ("
+              + ", ".join(f"{k} {v}" for k, v in failures.items())
+              + f"); each one's reason is in the 'error' column of {out / 'results.csv'}",
+              file=sys.stderr)
     if not args.no_report:
         from runners.report import write_report
 
@@ -452,7 +467,7 @@ def _worst(statuses: set[str]) -> str:
 # ---------------------------------------------------------------- other ----
 def cmd_list(args) -> int:
     from runners import registry
-    from runners.estimate import estimate_profile, load_timings
+    from runners.estimate import basis, estimate_profile, load_timings, timing_files
     from runners.profiles import builtin_profiles, read_profile
 
     index = registry.index()
@@ -473,7 +488,8 @@ def cmd_list(args) -> int:
     for name, metric in index["metrics"].items():
         mark = "*" if metric["default"] else " "
         print(f"{mark} {name:18s} v{metric['version']}  {metric['description']}")
-    print("PROFILES (estimated wall time from the committed results' timings)")
+    print("PROFILES (estimated wall time on an idle machine; "
+          f"{basis(timing_files())})")
     timings = load_timings()
     for name, path in builtin_profiles().items():
         data = read_profile(str(path))
@@ -506,10 +522,13 @@ def _load_and_warn(dirs: list[Path]):
     """Rows of ``dirs``; unreadable run files are counted and named on stderr."""
     from runners import store
 
-    frame, corrupt = store.load_checked(dirs)
+    frame, corrupt, stale = store.load_current(dirs)
     if corrupt:
         print(f"gfbench: warning: {len(corrupt)} unreadable run file(s) (corrupt, partial or "
               "foreign) left out: " + ", ".join(map(str, corrupt)), file=sys.stderr)
+    if stale:
+        print(f"gfbench: {len(stale)} run file(s) of older code generations left out "
+              "(`gfbench prune` lists them)", file=sys.stderr)
     return frame, corrupt
 
 
@@ -537,19 +556,29 @@ def cmd_prune(args) -> int:
     from runners.profiles import read_profile, to_config
 
     (out,) = _require_results([args.results])
-    keep = {spec["run_id"] for name in args.profile
-            for spec in expand(to_config(read_profile(name)))}
-    paths = sorted(store.runs_dir(out).glob("*.json"))
-    stale = [p for p in paths if p.stem not in keep]
-    for path in stale:
-        print(f"{'deleted' if args.delete else 'stale'} {path}")
+    valid, corrupt = store.scan(out)
+    _, generations = store.split_generations(valid)
+    stale = {run_id: "older code generation of a rerun experiment" for run_id in generations}
+    if args.profile:
+        keep = {spec["run_id"] for name in args.profile
+                for spec in expand(to_config(read_profile(name)))}
+        stale.update({run_id: f"in no grid of {', '.join(args.profile)}"
+                      for run_id in valid if run_id not in keep and run_id not in stale})
+    # only files that parse as gfbench run files are ever touched: a user's notes.json,
+    # a corrupt file or a directory in runs/ is left alone
+    for run_id, why in sorted(stale.items()):
+        path = store.runs_dir(out) / f"{run_id}.json"
+        print(f"{'deleted' if args.delete else 'stale'} {path} ({why})")
         if args.delete:
-            path.unlink()
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
     if args.delete and stale:
         store.export(out)
-    print(f"gfbench: {len(stale)} of {len(paths)} run files belong to no grid of "
-          f"{', '.join(args.profile)}" + ("" if args.delete or not stale else
-                                           " (rerun with --delete to remove them)"),
+    print(f"gfbench: {len(stale)} of {len(valid)} run files are stale"
+          + (f"; {len(corrupt)} unreadable file(s) left alone" if corrupt else "")
+          + ("" if args.delete or not stale else " (rerun with --delete to remove them)"),
           file=sys.stderr)
     return EXIT_OK
 

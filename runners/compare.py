@@ -11,7 +11,10 @@ over seeds. For each configuration and metric the verdict is one of
   that became +∞ (or −∞ for higher-is-better metrics) is ``worse``;
 - ``not significant``: differences beyond tolerance and noise, not consistently;
 - ``new failure`` / ``fixed``: the baseline's runs were ok and a new one failed
-  (or a metric the baseline computed is no longer computed), or the reverse;
+  (or a metric the baseline computed is no longer computed, or a new value is
+  invalid — −∞, below the metric's bound beyond noise, absurd, or a density
+  that does not integrate to 1: see :func:`runners.aggregate.invalid_reasons`),
+  or the reverse;
 - ``not comparable``: the task, solver or metric version differs;
 - ``missing`` / ``new``: the configuration exists in the baseline only / in
   the new results only.
@@ -107,6 +110,7 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, rtol: float | None = N
                    ) -> pd.DataFrame:
     """Verdict table: one row per (configuration, metric or ``status``/``time_run``)."""
     metrics = sorted(set(aggregate.metric_columns(base)) | set(aggregate.metric_columns(new)))
+    base, new = _mark_invalid(base, metrics), _mark_invalid(new, metrics)
     base_groups = dict(tuple(base.groupby(KEYS, sort=True))) if not base.empty else {}
     new_groups = dict(tuple(new.groupby(KEYS, sort=True))) if not new.empty else {}
     if not set(base_groups) & set(new_groups):
@@ -122,6 +126,14 @@ def compare_frames(base: pd.DataFrame, new: pd.DataFrame, rtol: float | None = N
         out.extend(_compare_config(ident, base_groups[key], new_groups[key], metrics, rtol))
     return pd.DataFrame(out, columns=KEYS + ["metric", "verdict", "base", "new", "n_pairs",
                                             "detail"])
+
+
+def _mark_invalid(frame: pd.DataFrame, metrics: list[str]) -> pd.DataFrame:
+    """``<metric>__invalid`` columns: why a value cannot be judged ('' when it can)."""
+    if frame.empty:
+        return frame
+    return frame.assign(**{f"{m}__invalid": aggregate.invalid_reasons(frame, m)
+                           for m in metrics if m in frame})
 
 
 def _compare_config(ident: dict, b: pd.DataFrame, n: pd.DataFrame, metrics: list[str],
@@ -152,6 +164,17 @@ def _compare_config(ident: dict, b: pd.DataFrame, n: pd.DataFrame, metrics: list
         if not set(cols) <= set(paired.columns):
             continue
         values = paired[cols].apply(pd.to_numeric, errors="coerce")
+        flags = [paired.get(f"{metric}__invalid{s}", pd.Series("", index=paired.index))
+                 .fillna("") != "" for s in ("_b", "_n")]
+        if (flags[1] & ~flags[0]).any():
+            reason = paired.loc[flags[1] & ~flags[0], f"{metric}__invalid_n"].iloc[0]
+            rows.append({**ident, "metric": metric, "verdict": "new failure",
+                         "n_pairs": int((flags[1] & ~flags[0]).sum()),
+                         "detail": (reason if reason.startswith("invalid")
+                                    else f"invalid: {reason}")[:200]})
+            continue
+        # an invalid value is no value: the other side is compared with what remains
+        values = values.mask(pd.concat(flags, axis=1).set_axis(cols, axis=1))
         had, has = values[cols[0]].notna(), values[cols[1]].notna()
         if (had & ~has).any():
             note = store.note_for(paired.loc[had & ~has, "metric_notes_n"].iloc[0], metric) \

@@ -58,11 +58,64 @@ def _csv_cell(value: Any) -> str:
     return f'"{text}"' if "," in text else text
 
 
+def timing_files(directories: Iterable[Path] | None = None) -> list[Path]:
+    """The ``timings.csv`` files an estimate rests on (default: the committed results')."""
+    if directories is None:
+        # results/gpu-*: runs timed on a lent GPU, not the 2 CPU cores the estimates speak of
+        return sorted(p for p in PROJECT_RESULTS.glob("*/timings.csv")
+                      if not p.parent.name.startswith("gpu-"))
+    return [Path(d) / "timings.csv" for d in directories if (Path(d) / "timings.csv").is_file()]
+
+
+def basis(files: list[Path]) -> str:
+    """What an estimate rests on, in one line (printed with every estimate)."""
+    if not files:
+        return ("basis: no timings.csv found (the committed results/ are not part of this "
+                "install), so every run is of unknown time")
+    return (f"basis: median seconds per run (set-up + solve + evaluation) in {_names(files)}, "
+            "timed on 2 cores with two runs sharing them; a configuration never run there is "
+            "of unknown time")
+
+
+def _names(files: list[Path]) -> str:
+    """``results/{large,standard}/timings.csv`` for the committed files, else the paths."""
+    if all(f.parent.parent == PROJECT_RESULTS and f.name == "timings.csv" for f in files):
+        inner = ",".join(f.parent.name for f in files)
+        return f"results/{{{inner}}}/timings.csv" if len(files) > 1 \
+            else f"results/{inner}/timings.csv"
+    return ", ".join(str(f) for f in files)
+
+
+def machine_load() -> tuple[float, int]:
+    """(1-minute load average, usable cores) of this machine now."""
+    import os
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        load = os.getloadavg()[0]
+    except (AttributeError, OSError):
+        load = 0.0
+    return load, max(1, cores)
+
+
+def slowdown(n_jobs: int, load: float, cores: int, n_threads: int = 1) -> float:
+    """How much slower runs go than when timed, given the machine's load now.
+
+    Timings were taken with the cores just busy (two one-thread runs on two
+    cores), so runs go at that speed while load + the grid's threads fit the
+    cores, and share them beyond: ``max(1, (load + n_jobs * n_threads) / cores)``.
+    """
+    return max(1.0, (max(0.0, load) + n_jobs * max(1, n_threads)) / max(1, cores))
+
+
 def load_timings(directories: Iterable[Path] | None = None) -> dict[tuple, float]:
     """(task, task_config, solver, solver_config) → median seconds, over the given
     results directories (default: every committed one under ``results/``)."""
     if directories is None:
-        directories = [p.parent for p in PROJECT_RESULTS.glob("*/timings.csv")]
+        directories = [p.parent for p in timing_files()]
     table: dict[tuple, tuple[float, int]] = {}
     for directory in directories:
         path = Path(directory) / "timings.csv"
@@ -108,19 +161,37 @@ class Estimate:
         """Seconds on ``n_jobs`` parallel runs (perfect packing: a lower bound)."""
         return self.seconds / max(1, n_jobs)
 
-    def lines(self, n_jobs: int) -> list[str]:
-        """One line per solver and a total, for ``--dry-run``."""
+    def lines(self, n_jobs: int, load: tuple[float, int] | None = None, n_threads: int = 1,
+              files: list[Path] | None = None) -> list[str]:
+        """For ``--dry-run``: one line per solver, the basis, and the total.
+
+        Parameters
+        ----------
+        n_jobs, n_threads : int
+            Parallel runs and threads per run.
+        load : (float, int), optional
+            Load average and cores (default: this machine's now). Above what
+            the cores take, the total is a range: idle machine to this load.
+        files : list of Path, optional
+            The timings files the estimate rests on (default: the committed ones).
+        """
         out = []
         for solver, (runs, seconds, unknown) in sorted(self.per_solver.items()):
             known = f"{format_duration(seconds)} of compute" if runs > unknown else ""
             note = f"{unknown} of unknown time" if unknown else ""
             out.append(f"  {solver:20s} {runs:6d} runs  " + "; ".join(x for x in (known, note) if x))
+        out.append(basis(timing_files() if files is None else files))
         if self.unknown == self.runs:
             out.append(f"{self.runs} runs, estimated wall time unknown (no committed timings "
                        "of these configurations)")
             return out
-        total = f"{self.runs} runs, estimated wall time {format_duration(self.wall(n_jobs))} " \
-                f"at -j {n_jobs}"
+        load, cores = machine_load() if load is None else load
+        factor = slowdown(n_jobs, load, cores, n_threads)
+        wall = format_duration(self.wall(n_jobs))
+        if factor > 1.1:  # a range: what the timings say, and that much slower at this load
+            wall = (f"{wall} (idle machine) to {format_duration(self.wall(n_jobs) * factor)} "
+                    f"(load {load:.1f} on {cores} cores now)")
+        total = f"{self.runs} runs, estimated wall time {wall} at -j {n_jobs}"
         if self.unknown:
             total += f" plus {self.unknown} runs of unknown time"
         out.append(total)
@@ -150,7 +221,7 @@ def estimate_specs(specs: Iterable[dict], timings: dict[tuple, float] | None = N
     estimate = Estimate()
     for spec in specs:
         solver = spec.get("solver_name", spec["solver"])
-        key = (spec["task"], config_label(spec["task_params"]), solver,
+        key = (spec.get("task_name", spec["task"]), config_label(spec["task_params"]), solver,
                config_label(spec["solver_params"]))
         estimate.add(spec.get("solver_name", spec["solver"]), timings.get(key))
     return estimate

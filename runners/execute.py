@@ -29,7 +29,9 @@ def config_label(params: dict) -> str:
 def base_row(spec: dict, options: dict) -> dict[str, Any]:
     """Fields shared by all rows of a run (no outcome yet)."""
     row = {
-        "run_id": spec["run_id"], "task": spec["task"], "task_version": spec["task_version"],
+        # a plugin's row carries its name; its import path stays in task_path
+        "run_id": spec["run_id"], "task": spec.get("task_name", spec["task"]),
+        "task_path": spec["task"], "task_version": spec["task_version"],
         "task_code": spec.get("task_code", ""), "task_config": config_label(spec["task_params"]),
         # a plugin's row carries its class name; its import path stays in solver_path
         "solver": spec.get("solver_name", spec["solver"]), "solver_path": spec["solver"],
@@ -148,6 +150,7 @@ def _evaluate(spec: dict, task, result: SolverResult, t: float, options: dict
         values[f"{name}_se"] = outcome.se
         if np.isfinite(outcome.floor):
             values[f"{name}_floor"] = outcome.floor
+        values.update({f"{name}_{part}": value for part, value in outcome.parts.items()})
         if outcome.note:
             notes[name] = outcome.note
     values["metric_notes"] = json.dumps(notes, sort_keys=True)

@@ -232,9 +232,12 @@ def expand(config: RunConfig) -> list[dict]:
                         for seed in block.seeds or config.seeds:
                             spec = {
                                 "task": task_name, "task_params": task_params,
+                                "task_name": registry.display_name("tasks", task_name, task_cls),
                                 "task_version": task_cls.version,
                                 "task_code": registry.code_hash(task_cls),
-                                "solver": solver_name, "solver_name": solver_cls.name,
+                                "solver": solver_name,
+                                "solver_name": registry.display_name("solvers", solver_name,
+                                                                     solver_cls),
                                 "solver_params": solver_params,
                                 "solver_version": solver_cls.version,
                                 "solver_code": registry.code_hash(solver_cls),

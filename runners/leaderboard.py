@@ -85,28 +85,54 @@ def clearly_better(j: pd.DataFrame, i: pd.DataFrame, lower_is_better: bool,
 
 
 def at_floor(entry: pd.DataFrame, lower_bound: float | None, lower_is_better: bool) -> bool:
-    """Whether an entry is within noise of the best value its metric can take."""
+    """Whether an entry is within noise of the best value its metric can take.
+
+    The entry's whole interval must be: the upper end of its 90 % interval of
+    the median (replicate spread and Monte Carlo error) may exceed the bound
+    by at most :data:`Z_FLOOR` typical standard errors. A wide spread of
+    seeds that merely *touches* the floor does not tie it.
+    """
     if lower_bound is None or not lower_is_better or entry.empty:
         return False
     values, se = entry["value"].to_numpy(float), entry["se"].to_numpy(float)
-    se = np.where(np.isnan(se), np.inf, se)
-    with np.errstate(invalid="ignore"):
-        low = np.where(np.isinf(values), values, values - Z_FLOOR * se)
-    return bool(np.nanmedian(low) <= lower_bound)
+    if not np.isfinite(values).all():
+        return False
+    _, high = aggregate.bootstrap_median_interval(values, se, SHOW_LEVEL,
+                                                  lower_bound=lower_bound)
+    noise = float(np.median(np.where(np.isnan(se), 0.0, se)))
+    return bool(high <= lower_bound + Z_FLOOR * noise)
 
 
 def rank_entries(entries: dict[str, pd.DataFrame], lower_is_better: bool,
                  lower_bound: float | None = None) -> dict[str, int]:
     """Competition ranks: 1 + the number of entries clearly better than each one."""
+    return rank_with_reasons(entries, lower_is_better, lower_bound)[0]
+
+
+def rank_with_reasons(entries: dict[str, pd.DataFrame], lower_is_better: bool,
+                      lower_bound: float | None = None
+                      ) -> tuple[dict[str, int], dict[str, str]]:
+    """Ranks as :func:`rank_entries`, and for each tied entry why it ties.
+
+    An entry ties another of the same rank when neither is clearly better:
+    the paired interval of their median difference includes 0 (or one sits
+    at the metric's floor, which cannot be beaten).
+    """
     floors = {label: at_floor(e, lower_bound, lower_is_better) for label, e in entries.items()}
-    ranks = {}
-    for label, entry in entries.items():
-        if floors[label]:
-            ranks[label] = 1
+    beats = {(j, i): (not floors[i]) and clearly_better(entries[j], entries[i], lower_is_better)
+             for j in entries for i in entries if i != j}
+    ranks = {i: 1 + sum(beats[(j, i)] for j in entries if j != i) for i in entries}
+    reasons = {}
+    for i in entries:
+        tied = [j for j in entries if j != i and ranks[j] == ranks[i]
+                and not beats[(i, j)] and not beats[(j, i)]]
+        if not tied:
             continue
-        ranks[label] = 1 + sum(clearly_better(other, entry, lower_is_better)
-                               for name, other in entries.items() if name != label)
-    return ranks
+        names = ", ".join(tied[:3]) + (f" and {len(tied) - 3} more" if len(tied) > 3 else "")
+        reasons[i] = ("at the floor: its interval is within noise of the metric's lower bound"
+                      if floors[i] else f"ties {names}: the paired {RANK_LEVEL:.0%} interval of "
+                      "the median difference includes 0")
+    return ranks, reasons
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -143,62 +169,81 @@ def build_leaderboard(frame: pd.DataFrame, metric: str | None = None) -> pd.Data
 
 
 def _applies(part: pd.DataFrame, metric: str) -> bool:
-    """Whether ``metric`` judges this entry (a value, or a note other than 'not applicable')."""
+    """Whether ``metric`` judges this entry: a value, or a missing value that should exist
+    (anything but a 'not applicable' note)."""
     values = pd.to_numeric(part[metric], errors="coerce") if metric in part else None
     if values is not None and values.notna().any():
         return True
-    notes = part.get("metric_notes")
-    if notes is None:
-        return False
-    return any(str(store.note_for(n, metric)).startswith("not computed")
-               for n in notes.dropna())
+    return bool((aggregate.invalid_reasons(part, metric) != "").any())
 
 
 def _table(task: str, group: str, part: pd.DataFrame, metric: str | None,
            primary: bool) -> list[dict]:
     lower = aggregate.lower_is_better(metric) if metric else True
     bound = aggregate.metric_lower_bound(metric) if metric else None
+    worst = aggregate.worst_value(metric) if metric else np.inf
     entries, records = {}, []
     for label, runs in part.groupby("label", sort=True):
+        runs = runs[runs["status"] != "skipped"] if (runs["status"] != "skipped").any() else runs
         ok = runs[runs["status"] == "ok"]
-        failed = int(runs["status"].isin(aggregate.FAILED_STATUSES).sum())
+        failed_runs = runs[runs["status"].isin(aggregate.FAILED_STATUSES)]
         judged = metric is not None and metric in runs and _applies(runs, metric)
-        if not judged and not (primary and (failed or ok.empty)):
+        if not judged and not (primary and (len(failed_runs) or ok.empty)):
             continue  # the metric does not apply to this solver: not in this table
         values = pd.to_numeric(ok[metric], errors="coerce") if judged else pd.Series(dtype=float)
         se = pd.to_numeric(ok.get(f"{metric}_se"), errors="coerce") \
             if judged and f"{metric}_se" in ok else pd.Series(np.nan, index=ok.index)
-        entry = pd.DataFrame({"value": values, "se": se.reindex(values.index)}) \
-            .set_index(ok.loc[values.index, "replicate"] if len(values) else pd.Index([]))
-        valid = entry[entry["value"].notna()]
-        n_inf = int(np.isinf(valid["value"]).sum())
-        n_nan = int(len(entry) - len(valid))
+        reasons = aggregate.invalid_reasons(ok, metric) if judged \
+            else pd.Series("", index=ok.index, dtype=object)
+        bad = reasons != ""
+        shown = values[~bad & values.notna()]
+        n_inf = int(np.isinf(shown).sum())
+        n_nan = int((values.isna() & ~bad).sum())
+        # failed runs and invalid values are replicates at the worst value: they rank, last
+        scored = pd.concat([values.where(~bad, worst).dropna() if judged
+                            else pd.Series(dtype=float),
+                            pd.Series(worst, index=failed_runs.index, dtype=float)])
+        scored_se = pd.concat([se.reindex(values.index).where(~bad, 0.0),
+                               pd.Series(0.0, index=failed_runs.index)]).reindex(scored.index)
+        replicate = pd.concat([ok["replicate"], failed_runs["replicate"]]).reindex(scored.index)
+        entry = pd.DataFrame({"value": scored.to_numpy(float), "se": scored_se.to_numpy(float)},
+                             index=pd.Index(replicate.to_numpy()))
+        entry = entry[~entry.index.duplicated(keep="first")]
         low, high = aggregate.bootstrap_median_interval(
-            valid["value"].to_numpy(float), valid["se"].to_numpy(float), SHOW_LEVEL,
-            lower_bound=bound if lower else None) if len(valid) else (np.nan, np.nan)
-        note = _note(len(valid), n_inf, n_nan, runs, metric)
+            shown.to_numpy(float), se.reindex(shown.index).to_numpy(float), SHOW_LEVEL,
+            lower_bound=bound if lower else None) if len(shown) else (np.nan, np.nan)
+        n_invalid = int(bad.sum())
+        note = _note(len(shown), n_inf, n_nan, runs, metric, reasons[bad])
         record = {
             "task": task, "metric": metric or "", "group": group,
             "task_config": ";".join(sorted(runs["task_config"].astype(str).unique())),
             "t": float(runs["t"].iloc[0]), "solver": label, "lower_is_better": lower,
-            "median": float(np.median(valid["value"])) if len(valid) else np.nan,
-            "ci_low": low, "ci_high": high, "n_runs": int(len(valid)), "n_inf": n_inf,
-            "n_nan": n_nan, "n_failed": failed, "failed": failed + n_inf,
+            "median": float(np.median(shown)) if len(shown) else np.nan,
+            "ci_low": low, "ci_high": high, "n_runs": int(len(shown)), "n_inf": n_inf,
+            "n_nan": n_nan, "n_invalid": n_invalid, "n_failed": len(failed_runs),
+            "failed": len(failed_runs) + n_inf + n_invalid,
             "time_run_median": float(pd.to_numeric(ok["time_run"], errors="coerce").median())
             if len(ok) else np.nan,
-            "status": "ok" if len(valid) else ",".join(sorted(runs["status"].unique())),
+            "status": "ok" if len(shown) else ("invalid" if n_invalid else
+                                               ",".join(sorted(runs["status"].unique()))),
             "note": note}
         records.append(record)
-        if len(valid):
-            entries[label] = valid
-    ranks = rank_entries(entries, lower, bound) if entries else {}
+        if len(entry):
+            entries[label] = entry
+    ranks, ties = rank_with_reasons(entries, lower, bound) if entries else ({}, {})
     for record in records:
         record["rank"] = ranks.get(record["solver"], np.nan)
+        if record["solver"] in ties:
+            record["note"] = "; ".join(filter(None, [record["note"], ties[record["solver"]]]))
     return records
 
 
-def _note(n_valid: int, n_inf: int, n_nan: int, runs: pd.DataFrame, metric: str | None) -> str:
+def _note(n_valid: int, n_inf: int, n_nan: int, runs: pd.DataFrame, metric: str | None,
+          invalid: pd.Series | None = None) -> str:
     notes = []
+    if invalid is not None and len(invalid):
+        notes.append(f"{len(invalid)} invalid, ranked as failures: "
+                     f"{str(invalid.iloc[0])[:120]}")
     if n_valid == 1:
         notes.append("1 run: interval = Monte Carlo error only")
     if n_inf:
@@ -249,21 +294,30 @@ def _unranked(status: str) -> str:
     return "skipped" if status == "skipped" else "failed"
 
 
+def _matrix_cell(row: pd.Series) -> str:
+    """``#2 0.013``; an entry whose every run failed reads ``failed (#5)``: ranked, last."""
+    if pd.isna(row["rank"]):
+        return _unranked(row["status"])
+    rank = int(row["rank"])
+    if row["status"] != "ok":
+        return f"failed (#{rank})"
+    text = f"#{rank} {aggregate.format_number(row['median'])}"
+    return text + " ⚠" if row.get("failed", 0) else text
+
+
 def matrix(part: pd.DataFrame) -> pd.DataFrame:
     """Solvers × groups: ``#rank median`` per cell, then wins and mean rank."""
     groups = sorted(part["group"].unique(), key=aggregate.natural_key)
     table = {}
     for label, rows in part.groupby("solver", sort=False):
         by_group = rows.set_index("group")
-        cells = {g: (f"#{int(by_group.loc[g, 'rank'])} {aggregate.format_number(by_group.loc[g, 'median'])}"
-                     if g in by_group.index and pd.notna(by_group.loc[g, "rank"])
-                     else (_unranked(by_group.loc[g, "status"]) if g in by_group.index
-                           else ""))
+        cells = {g: _matrix_cell(by_group.loc[g]) if g in by_group.index else ""
                  for g in groups}
         ranks = rows["rank"].dropna()
         entered = int((rows["status"] != "skipped").sum())
         cells["wins"] = f"{int((ranks == 1).sum())}/{entered}" if entered else "—"
         cells["mean rank"] = aggregate.format_number(ranks.mean()) if len(ranks) else "—"
+        cells["failures"] = str(int(rows["failed"].fillna(0).sum())) if "failed" in rows else "0"
         table[label] = cells
     out = pd.DataFrame.from_dict(table, orient="index")
     out = out.assign(_k=pd.to_numeric(out["mean rank"].replace("—", np.nan), errors="coerce"))
@@ -278,9 +332,15 @@ RULE = ("Rank = 1 + the number of entries that are clearly better: over the repl
         "sits) cannot be beaten; ∞ ranks last and counts as a failure. Cells give the median "
         "over replicates [90 % interval, from the replicates' spread and their Monte Carlo "
         "errors, cut at the metric's lower bound: the interval is of the true value, which "
-        "cannot be below it, while an unbiased estimate — the median shown — can be]; '1 run' "
-        "entries carry their Monte Carlo error only. Ranking time: the latest "
-        "evaluation time every solver of the task shares; ok runs only.")
+        "cannot be below it, while an unbiased estimate — the median shown — can be: the "
+        "energy distance of i.i.d. draws is an unbiased U-statistic, so a law at the "
+        "reference reads 0 ± noise and single values fall below 0]; '1 run' "
+        "entries carry their Monte Carlo error only. An entry ties the floor only if its "
+        "whole interval is within noise of it. Failed runs, ∞ and invalid values (a density "
+        "that does not integrate to 1, a value below the metric's bound beyond noise, a "
+        "metric not computed where it applies) are replicates at the worst value: they rank, "
+        "last, and count in the failures column; ⚠ marks a cell with some. Ranking time: the "
+        "latest evaluation time every solver of the task shares.")
 
 
 def to_markdown(board: pd.DataFrame) -> str:

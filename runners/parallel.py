@@ -4,7 +4,7 @@ Every run executes in its own child process forked from a *forkserver* that
 has already imported gfbench (cheap to start, and safe: the server never ran
 any torch/BLAS work before forking). The child leads a process group of its
 own, so everything a solver starts belongs to it. The process that supervises
-it — the main process, a joblib/loky worker or a Dask worker — claims the run
+it — the main process, a joblib/loky worker, a Dask worker or a Ray task — claims the run
 (so concurrent runners compute it once), waits at most ``timeout`` seconds
 while watching the group's resident memory, and
 
@@ -34,6 +34,7 @@ from typing import Callable
 
 from runners import store
 from runners.execute import execute, outcome_rows
+from runners.registry import add_import_paths, import_paths
 
 _PROGRESS_PERIOD_S = 1.0
 
@@ -123,6 +124,8 @@ def _child_main(spec: dict, out: str, options: dict) -> None:
     limit_memory(options["max_memory"] + VM_SLACK if options.get("max_memory") else None)
     tune_allocator()
     apply_threads(int(options.get("n_threads", 1)))
+    # the forkserver may have started elsewhere: plugin directories come with the options
+    add_import_paths(options.get("import_paths", ()))
     progress_dir = options.get("progress_dir")
     path = os.path.join(progress_dir, spec["run_id"]) if progress_dir else None
     rows = execute(spec, options, _progress_writer(path))
@@ -185,7 +188,7 @@ def supervise(spec: dict, out: str, options: dict) -> dict:
     """Run one spec in a child process under hard limits; return a summary."""
     from runners.resources import die_with_parent, group_rss_bytes, kill_group
 
-    label = f"{spec['solver']} on {spec['task']} {spec['task_params']} seed {spec['seed']}"
+    label = run_label(spec)
     if os.getpid() != options.get("main_pid"):
         die_with_parent()  # a pool worker must not outlive a killed runner
     claim = store.Claim.take(Path(out), spec["run_id"])
@@ -198,13 +201,31 @@ def supervise(spec: dict, out: str, options: dict) -> dict:
         claim.release()  # another runner finished it since this grid was planned
         return {"run_id": spec["run_id"], "status": "run by another runner", "label": label}
     try:
-        status = _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim)
+        status, error = _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim)
     finally:
         claim.release()
-    return {"run_id": spec["run_id"], "status": status, "label": label}
+    return {"run_id": spec["run_id"], "status": status, "label": label, "error": error}
 
 
-def _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim) -> str:
+def run_label(spec: dict) -> str:
+    """A run in words: ``em(n_particles=200) on ou(dim=1) seed 0``.
+
+    Plugins appear under their ``name`` (the spec's ``solver_name`` /
+    ``task_name``), not their import path.
+    """
+    from runners.execute import config_label
+
+    def named(kind: str) -> str:
+        params = config_label(spec[f"{kind}_params"])
+        name = spec.get(f"{kind}_name", spec[kind])
+        return f"{name}({params})" if params else name
+
+    return f"{named('solver')} on {named('task')} seed {spec['seed']}"
+
+
+def _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim
+                       ) -> tuple[str, str]:
+    """Run a claimed spec under its limits; (run status, first line of its error)."""
     timeout, max_memory = options.get("timeout"), options.get("max_memory")
     options = {**options, "supervisor_pid": os.getpid()}
     child = _context(options.get("preload")).Process(target=_child_main, args=(spec, out, options),
@@ -253,7 +274,9 @@ def _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim) -
         except OSError:
             pass
     payload = store.read_run(path)
-    return store.run_status(payload) if payload else "error"
+    if payload is None:
+        return "error", "the run left no readable result file"
+    return store.run_status(payload), first_error(payload)
 
 
 def _kill(child, kill_group) -> None:
@@ -361,6 +384,83 @@ class _ProgressMonitor(threading.Thread):
                 pass
 
 
+def _report_failure(bar, summary: dict) -> None:
+    """One line for a failed run: its status, what it was and why (first line of its error).
+
+    Written even with ``--quiet`` (the bar is then disabled, the line is not):
+    a failure must never go unnoticed.
+    """
+    import sys
+
+    reason = f": {summary['error']}" if summary.get("error") else ""
+    text = f"[{summary['status']}] {summary['label']}{reason}"
+    if isinstance(bar, LineProgress):
+        bar.write(text)
+    else:
+        bar.write(f"gfbench: {text}", file=sys.stderr)
+
+
+def first_error(payload: dict | None, limit: int = 200) -> str:
+    """The first line of the first error message among a run's rows ('' when none)."""
+    for row in (payload or {}).get("rows", []):
+        text = str(row.get("error") or "").strip()
+        if text and row.get("status") != "skipped":
+            line = text.splitlines()[0]
+            return line if len(line) <= limit else line[:limit - 1] + "…"
+    return ""
+
+
+def _start_ray(stack: ExitStack) -> None:
+    """Connect to Ray (``RAY_ADDRESS`` or a running local cluster) or start a local instance.
+
+    An instance started here is shut down when the grid ends; one that was
+    already running (``ray.init`` by the caller, a cluster) is left alone.
+    """
+    import logging
+
+    import ray
+
+    if ray.is_initialized():
+        return
+    # Ray's banner and info logs would interleave with the progress lines
+    ray.init(include_dashboard=False, logging_level=logging.WARNING, configure_logging=True)
+    stack.callback(ray.shutdown)
+
+
+def _ray_unordered(calls: list[tuple], n_jobs: int, n_threads: int):
+    """Yield ``supervise(*call)`` summaries as Ray tasks finish, at most ``n_jobs`` at once.
+
+    joblib's Ray backend (a multiprocessing pool) cannot return results as
+    they finish, so progress and failure lines would wait for the whole grid;
+    plain Ray tasks can. Each task supervises its run exactly as a loky
+    worker does (a forkserver child of its own, timeout and memory limits),
+    asks Ray for its threads' CPUs (capped at the largest node, or it would
+    never be scheduled), and is never retried: a run is computed once.
+    """
+    import ray
+
+    largest = max((node.get("Resources", {}).get("CPU", 1.0) for node in ray.nodes()
+                   if node.get("Alive")), default=1.0)
+    remote = ray.remote(supervise).options(num_cpus=min(float(n_threads), largest),
+                                           max_retries=0)
+    queue, pending = iter(calls), []
+    try:
+        while True:
+            for call in queue:
+                pending.append(remote.remote(*call))
+                if len(pending) >= max(1, n_jobs):
+                    break
+            if not pending:
+                return
+            done, pending = ray.wait(pending, num_returns=1)
+            yield ray.get(done[0])
+    finally:
+        # interrupted: on a cluster that outlives us the runs must not go on (killing
+        # the worker kills its run through the run's supervisor watch)
+        for ref in pending:
+            ray.cancel(ref, force=True)
+
+
 def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
              backend: str = "loky", scheduler: str | None = None,
              show_progress: bool = True) -> Counter:
@@ -370,10 +470,13 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
     counts: Counter = Counter()
     if not specs:
         return counts
+    # workers and forkservers may have started in another directory (or on another host)
+    out = Path(out).absolute()
     progress_dir = tempfile.mkdtemp(prefix="gfbench-progress-")
     cache_dir = _shared_cache(out)
     options = {**options, "progress_dir": progress_dir, "main_pid": os.getpid(),
-               "started_at": time.time(), "cache_dir": str(cache_dir)}
+               "started_at": time.time(), "cache_dir": str(cache_dir),
+               "import_paths": import_paths()}
     with ExitStack() as stack:
         stack.callback(_drop_cache, cache_dir)
         if backend == "dask":
@@ -384,27 +487,28 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
             n_jobs = -1
             del client
         elif backend == "ray":
-            from ray.util.joblib import register_ray
-
-            register_ray()
-            stack.enter_context(parallel_config(backend="ray"))
+            _start_ray(stack)
         bar = stack.enter_context(_progress_bar(len(specs), show_progress))
         monitor = _ProgressMonitor(progress_dir, bar)
         monitor.start()
         try:
-            jobs = (delayed(supervise)(spec, str(out), _assign_device(options, i))
-                    for i, spec in enumerate(specs))
-            runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered",
-                              **({"backend": backend} if backend in ("loky", "threading") else {}))
+            calls = [(spec, str(out), _assign_device(options, i)) for i, spec in enumerate(specs)]
+            if backend == "ray":
+                summaries = _ray_unordered(calls, n_jobs, int(options.get("n_threads", 1)))
+            else:
+                runner = Parallel(n_jobs=n_jobs, return_as="generator_unordered",
+                                  **({"backend": backend} if backend in ("loky", "threading")
+                                     else {}))
+                summaries = runner(delayed(supervise)(*call) for call in calls)
             claimed = []
-            for summary in runner(jobs):
+            for summary in summaries:
                 if summary["status"] == "claimed":
                     claimed.append(summary["run_id"])
                     continue
                 counts[summary["status"]] += 1
                 bar.update(1)
                 if summary["status"] not in ("ok", "skipped", "run by another runner"):
-                    bar.write(f"{summary['status']}: {summary['label']}")
+                    _report_failure(bar, summary)
             # runs another runner holds: wait for them, or take them over if it died
             by_id = {spec["run_id"]: spec for spec in specs}
             while claimed:
@@ -422,6 +526,8 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
                     else:
                         counts[summary["status"]] += 1
                         bar.update(1)
+                        if summary["status"] not in ("ok", "skipped", "run by another runner"):
+                            _report_failure(bar, summary)
                 claimed = waiting
         finally:
             monitor.stop.set()

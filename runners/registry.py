@@ -82,8 +82,43 @@ def metrics() -> dict[str, Metric]:
     return dict(sorted(found.items()))
 
 
+#: directories appended to ``sys.path`` for plugin modules (handed on to run processes)
+_IMPORT_PATHS: list[str] = []
+
+
+def import_paths() -> list[str]:
+    """The directories this process added to ``sys.path`` for plugins."""
+    return list(_IMPORT_PATHS)
+
+
+def add_import_paths(paths) -> None:
+    """Append ``paths`` to ``sys.path`` (once each).
+
+    Appended, never prepended: a directory of the user's must not shadow an
+    installed module or the project's own packages.
+    """
+    for path in paths:
+        if path not in sys.path:
+            sys.path.append(path)
+        if path not in _IMPORT_PATHS:
+            _IMPORT_PATHS.append(path)
+    importlib.invalidate_caches()
+
+
+def _importable_from_cwd(module_name: str) -> None:
+    """Make a plugin module in the current directory importable, as ``python -m`` would."""
+    top = module_name.split(".")[0]
+    try:
+        found = importlib.util.find_spec(top) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        add_import_paths([os.getcwd()])
+
+
 def _load_path(ref: str, base: type) -> type:
     module_name, _, attr = ref.partition(":")
+    _importable_from_cwd(module_name)
     try:
         obj = getattr(importlib.import_module(module_name), attr)
     except (ImportError, AttributeError) as exc:
@@ -109,6 +144,19 @@ def _get(kind: str, name: str, base: type):
     if entry is None:
         raise KeyError(f"unknown {kind[:-1]} {name!r}; known: {', '.join(index()[kind])}")
     return getattr(importlib.import_module(entry["module"]), entry["qualname"])
+
+
+def display_name(kind: str, ref: str, cls: type) -> str:
+    """What rows and labels call a task or solver (``kind``: "tasks" or "solvers").
+
+    A built-in's registry name; for a plugin path its class's ``name``, unless
+    that is missing or a built-in's (a subclass that kept its parent's name
+    would be pooled with it), then the path itself.
+    """
+    if ":" not in ref:
+        return ref
+    name = getattr(cls, "name", None)
+    return name if isinstance(name, str) and name and name not in index()[kind] else ref
 
 
 def get_task(name: str) -> type[Task]:
@@ -163,8 +211,20 @@ def _closure_hash(module: str) -> str:
     return digest.hexdigest()[:12]
 
 
+#: the project's root: modules under it are the project's own code wherever they live
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+
+
 def module_closure(module: str) -> set[str]:
-    """``module`` and the project modules it imports, transitively (by reading, not importing)."""
+    """``module`` and the own-tree modules it imports, transitively (by reading, not importing).
+
+    Own tree: the project's packages (:data:`PROJECT_PACKAGES`) and any other
+    module whose source lies under the project root or beside ``module``'s
+    top-level package (a plugin's helper module), never an installed package
+    or the standard library. So editing a helper a plugin imports changes
+    the plugin's run ids too.
+    """
+    roots = (PROJECT_ROOT, _tree_root(module.split(".")[0]))
     seen: set[str] = set()
     todo = [module]
     while todo:
@@ -182,8 +242,43 @@ def module_closure(module: str) -> set[str]:
             elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
                 todo.append(node.module)
                 todo.extend(f"{node.module}.{alias.name}" for alias in node.names)
-        todo = [n for n in todo if n.split(".")[0] in PROJECT_PACKAGES or n == module]
+        todo = [n for n in todo if n == module or n.split(".")[0] in PROJECT_PACKAGES
+                or _own_tree(n.split(".")[0], roots)]
     return seen
+
+
+@lru_cache(maxsize=None)
+def _tree_root(top: str) -> Path | None:
+    """The directory holding top-level module or package ``top`` (None if not a source file)."""
+    try:
+        spec = importlib.util.find_spec(top)  # a top-level name: found, not imported
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin or not spec.origin.endswith(".py"):
+        return None
+    origin = Path(spec.origin).resolve()
+    return origin.parent.parent if origin.name == "__init__.py" else origin.parent
+
+
+@lru_cache(maxsize=1)
+def _installed_roots() -> tuple[Path, ...]:
+    """Where the interpreter and installed packages live (never a plugin's own tree)."""
+    import sysconfig
+
+    paths = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix,
+             *sysconfig.get_paths().values()}
+    return tuple(Path(p).resolve() for p in paths if p)
+
+
+def _own_tree(top: str, roots: tuple[Path | None, ...]) -> bool:
+    """Whether top-level module ``top`` is source in one of ``roots`` (not an installed one:
+    a plugin in the home directory must not sweep in a standard library installed there)."""
+    where = _tree_root(top)
+    if where is None or any(part in ("site-packages", "dist-packages") for part in where.parts):
+        return False
+    if any(where == p or p in where.parents for p in _installed_roots()):
+        return False
+    return any(root is not None and (where == root or root in where.parents) for root in roots)
 
 
 def _module_path(name: str) -> Path | None:

@@ -272,20 +272,41 @@ def _seconds(value: float) -> str:
     return format_duration(value) if value >= 1 else f"{value:.2g} s"
 
 
+#: a solver enters the "best" line only if it is ranked in at least this share of the tables
+BEST_COVERAGE = 0.5
+
+
 def _winners(part: pd.DataFrame) -> str:
-    """One sentence: who is rank 1 where, and the best non-oracle entry."""
+    """Who is rank 1 where, and the best non-oracle solver among those that ran in most tables.
+
+    Mean ranks count failed and ∞ cells at their (last) rank; a solver ranked
+    in fewer than :data:`BEST_COVERAGE` of the tables (a 1-D-only method in
+    a grid of dimensions) is not a candidate; ties are named.
+    """
     lines = []
     for group, rows in sorted(part.groupby("group"), key=lambda kv: aggregate.natural_key(kv[0])):
         first = rows[rows["rank"] == 1]["solver"].tolist()
         if first:
             lines.append(f"{group}: {', '.join(first)}")
     text = "Rank 1 — " + "; ".join(lines) + "." if lines else "No ranked entry."
-    solvers = part[part["solver"] != "exact"].dropna(subset=["rank"])
-    if len(solvers):
-        mean = solvers.groupby("solver")["rank"].mean().sort_values()
-        text += (f" Best mean rank without the oracle: {mean.index[0]} "
-                 f"({aggregate.format_number(mean.iloc[0])}).")
-    return text
+    n_tables = part["group"].nunique()
+    ranked = part[part["solver"] != "exact"].dropna(subset=["rank"])
+    if ranked.empty:
+        return text
+    stats = ranked.groupby("solver").agg(mean=("rank", "mean"), tables=("group", "nunique"),
+                                         failed=("failed", "sum"))
+    eligible = stats[stats["tables"] >= BEST_COVERAGE * n_tables]
+    if eligible.empty:
+        return text + (f" No solver besides the oracle is ranked in at least "
+                       f"{BEST_COVERAGE:.0%} of the {n_tables} tables.")
+    best = eligible["mean"].min()
+    names = [f"{name} ({aggregate.format_number(row['mean'])}, ranked in "
+             f"{int(row['tables'])}/{n_tables} tables"
+             + (f", {int(row['failed'])} failed or ∞ runs" if row["failed"] else "") + ")"
+             for name, row in eligible[np.isclose(eligible["mean"], best)].iterrows()]
+    tie = " (tied)" if len(names) > 1 else ""
+    return text + (f" Best mean rank without the oracle, among solvers ranked in at least "
+                   f"{BEST_COVERAGE:.0%} of the tables{tie}: {'; '.join(names)}.")
 
 
 # --- task sections ------------------------------------------------------------------------
@@ -682,25 +703,32 @@ def _blr_section(doc: _Document, frame: pd.DataFrame, metrics: list[str]) -> Non
 
 
 def _failures(doc: _Document, frame: pd.DataFrame, info: dict) -> None:
-    """Failed runs, and ok runs whose ranking metric is infinite (a catastrophe, not n/a)."""
+    """Failed runs, and ok runs whose ranking metric is ∞, invalid or missing where it applies."""
     failed = frame[frame["status"].isin(aggregate.FAILED_STATUSES)].drop_duplicates("run_id")
-    infinite = []
+    flagged = []
     for metric in info.get("rankings", []):
-        if metric in frame:
-            rows = frame[(frame["status"] == "ok")
-                         & np.isinf(pd.to_numeric(frame[metric], errors="coerce"))]
-            for _, row in rows.iterrows():
-                note = store.note_for(row.get("metric_notes"), metric)
-                infinite.append({**row.to_dict(), "status": f"ok, {metric} = ∞",
-                                 "error": note or f"{metric} is infinite"})
-    if infinite:
-        failed = pd.concat([failed, pd.DataFrame(infinite)], ignore_index=True)
+        if metric not in frame:
+            continue
+        ok = frame[frame["status"] == "ok"]
+        values = pd.to_numeric(ok[metric], errors="coerce")
+        reasons = aggregate.invalid_reasons(ok, metric)
+        for index, row in ok[np.isinf(values) & (reasons == "")].iterrows():
+            note = store.note_for(row.get("metric_notes"), metric)
+            flagged.append({**row.to_dict(), "status": f"ok, {metric} = ∞",
+                            "error": note or f"{metric} is infinite"})
+        for index, row in ok[reasons != ""].iterrows():
+            flagged.append({**row.to_dict(), "status": f"ok, {metric} invalid",
+                            "error": reasons[index]})
+    if flagged:
+        failed = pd.concat([failed, pd.DataFrame(flagged)], ignore_index=True)
     if failed.empty:
         return
     table = failed[["label", "task_config", "seed", "t", "status", "error"]].copy()
     table["error"] = table["error"].fillna("").astype(str).str.split("\n").str[0] \
         .str.slice(0, 160)
-    doc.heading("Failed runs and infinite scores", 3)
+    doc.heading("Failed runs, infinite and invalid scores", 3)
+    doc.text("Each is ranked as the worst value in its table; invalid values are not shown as "
+             "scores.")
     doc.table(table.rename(columns={"label": "solver", "task_config": "task"}),
               collapsed=f"{len(table)} runs" if len(table) > 20 else None)
 

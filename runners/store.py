@@ -202,35 +202,97 @@ def run_status(payload: dict) -> str:
     return "skipped" if statuses == {"skipped"} else "ok"
 
 
+# --- generations ----------------------------------------------------------------------------
+def replicate_key(spec: dict) -> str:
+    """What a run replicates: task and solver configuration, seed and seed entropy.
+
+    Two run files with one key are the same experiment; if their code
+    differs, they are two generations of it.
+    """
+    return json.dumps([spec.get("task"), spec.get("task_params"), spec.get("solver"),
+                       spec.get("solver_params"), spec.get("seed"), spec.get("seed_entropy")],
+                      sort_keys=True, default=str)
+
+
+def _generation(spec: dict) -> tuple:
+    return (spec.get("task_version"), spec.get("task_code"), spec.get("solver_version"),
+            spec.get("solver_code"))
+
+
+def _same_generation(a: dict, b: dict) -> bool:
+    """Same task and solver code, and the same code for every metric both computed."""
+    if _generation(a) != _generation(b):
+        return False
+    codes_a, codes_b = a.get("metric_code") or {}, b.get("metric_code") or {}
+    return all(codes_a[m] == codes_b[m] for m in set(codes_a) & set(codes_b))
+
+
+def _finished(payload: dict) -> str:
+    return max((str(row.get("finished_at") or "") for row in payload["rows"]), default="")
+
+
+def split_generations(payloads: dict[str, dict]) -> tuple[dict[str, dict], dict[str, dict]]:
+    """Payloads of the newest code generation of each experiment, and the stale rest.
+
+    Within a :func:`replicate_key`, the run finished last defines the newest
+    generation; runs of that generation (other evaluation times or metric
+    sets) stay current, runs of older code are stale: an edit followed by a
+    rerun never pools old and new numbers as replicates.
+    """
+    by_key: dict[str, list[str]] = {}
+    for run_id, payload in payloads.items():
+        by_key.setdefault(replicate_key(payload["spec"]), []).append(run_id)
+    current, stale = {}, {}
+    for run_ids in by_key.values():
+        newest = max(run_ids, key=lambda r: (_finished(payloads[r]), r))
+        for run_id in run_ids:
+            same = _same_generation(payloads[run_id]["spec"], payloads[newest]["spec"])
+            (current if same else stale)[run_id] = payloads[run_id]
+    return current, stale
+
+
 def load(out: Path | Iterable[Path]) -> pd.DataFrame:
     """All rows of one or several results directories as one DataFrame (valid files only)."""
     return load_checked(out)[0]
 
 
 def load_checked(out: Path | Iterable[Path]) -> tuple[pd.DataFrame, list[Path]]:
-    """All valid rows, and the run files that could not be read (corrupt, partial, foreign).
+    """All current rows, and the run files that could not be read (corrupt, partial, foreign).
 
     Readers name the second list: a results directory is never summarised as
-    if a broken file were not there.
+    if a broken file were not there. Rows of stale generations are left out
+    (:func:`load_current` names them).
     """
+    frame, corrupt, _ = load_current(out)
+    return frame, corrupt
+
+
+def load_current(out: Path | Iterable[Path]) -> tuple[pd.DataFrame, list[Path], list[Path]]:
+    """Rows of the newest generation of each experiment (:func:`split_generations`),
+    the unreadable run files, and the stale ones (older code of a rerun experiment)."""
     import pandas as pd  # heavy: only readers need it
 
     outs = [Path(out)] if isinstance(out, (str, Path)) else [Path(o) for o in out]
-    rows, corrupt = [], []
+    payloads, paths, corrupt = {}, {}, []
     for directory in outs:
         valid, bad = scan(directory)
         corrupt.extend(bad)
-        for payload in valid.values():
-            rows.extend(payload["rows"])
+        for run_id, payload in valid.items():
+            payloads[run_id], paths[run_id] = payload, runs_dir(directory) / f"{run_id}.json"
+    current, stale = split_generations(payloads)
+    rows = [row for run_id, payload in payloads.items() if run_id in current
+            for row in payload["rows"]]
     frame = pd.DataFrame(rows)
+    metric_names = [c for c in _metric_names() if c in frame.columns]
+    prefixes = tuple(f"{name}_" for name in metric_names)  # a metric's parts: symkl_mass, ...
     numeric = [c for c in frame.columns if c in NUMERIC_COLUMNS or c.endswith(("_se", "_floor"))
-               or c.startswith("time_")] + [c for c in _metric_names() if c in frame.columns]
+               or c.startswith("time_") or (prefixes and c.startswith(prefixes))] + metric_names
     for column in numeric:
         frame[column] = pd.to_numeric(frame[column], errors="coerce")  # "inf" -> inf
     if not frame.empty:
         frame = frame.sort_values(["task", "solver", "solver_config", "task_config", "seed", "t"],
                                   kind="stable").reset_index(drop=True)
-    return frame, corrupt
+    return frame, corrupt, sorted(paths[r] for r in stale)
 
 
 def export(out: Path) -> "pd.DataFrame":

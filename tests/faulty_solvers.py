@@ -191,3 +191,48 @@ class Logs(_Base):
         time.sleep(float(self.params["delay"]))
         x = self._samples()
         return {t: SolverResult(samples=x, law="particles") for t in self.times}
+
+
+class _ExactWithLogDensity(_Base):
+    """The reference law itself, with a log-density a subclass distorts (``_log``)."""
+
+    capabilities = frozenset({SAMPLES, LOG_DENSITY})
+
+    def run(self):
+        return {t: self._result(self.task.reference(t)) for t in self.times}
+
+    def _log(self, ref, x):
+        raise NotImplementedError
+
+    def _result(self, ref):
+        def log_density(x):
+            return self._log(ref, np.atleast_2d(x))
+
+        def draw(n, rng):
+            x = ref.sample(n, rng)
+            return x, log_density(x)
+
+        return SolverResult(samples=draw(512, self.rng)[0], log_density=log_density, draw=draw,
+                            law=IID_DENSITY)
+
+
+class Offset(_ExactWithLogDensity):
+    """The exact law with log ρ + 30: a 'density' that integrates to e^30.
+
+    Monte Carlo SymKL cannot see it (the offset cancels between the two KL
+    directions): the density check must.
+    """
+
+    name = "offset_density"
+
+    def _log(self, ref, x):
+        return ref.log_density(x) + 30.0
+
+
+class Huge(_ExactWithLogDensity):
+    """log ρ = 1e300 everywhere: SymKL would read about −2e300 if trusted."""
+
+    name = "huge_density"
+
+    def _log(self, ref, x):
+        return np.full(x.shape[0], 1e300)

@@ -239,6 +239,7 @@ def test_temp_files_of_dead_writers_are_cleaned_by_the_next_run(gfbench, tmp_pat
     assert not any(p.exists() for p in stale) and live.exists()
 
 
+@pytest.mark.slow
 def test_concurrent_runners_compute_each_run_once_and_lose_nothing(tmp_path):
     log = tmp_path / "started.log"
     env = {**os.environ, "GFBENCH_TEST_LOG": str(log),

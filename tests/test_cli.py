@@ -154,6 +154,7 @@ def test_dry_run_estimates_the_wall_time_from_committed_timings(gfbench, tmp_pat
         'ou,dim=1,em,"batch_size=0,dt=0.001,n_particles=200",30,3\n'
         'ou,dim=2,em,"batch_size=0,dt=0.001,n_particles=200",90,3\n')
     monkeypatch.setattr(estimate, "PROJECT_RESULTS", tmp_path)
+    monkeypatch.setattr(estimate, "machine_load", lambda: (0.0, 2))  # an idle 2-core machine
     code, stdout, _ = gfbench("run", *TINY, "--dry-run", "-j", "2")
     lines = stdout.splitlines()
     assert code == 0
@@ -161,6 +162,25 @@ def test_dry_run_estimates_the_wall_time_from_committed_timings(gfbench, tmp_pat
                for line in lines)
     assert lines[-1] == ("8 runs, estimated wall time 2 min at -j 2 plus 4 runs of unknown "
                          "time")
+    assert lines[-2].startswith("basis: median seconds per run") \
+        and "results/committed/timings.csv" in lines[-2]
+    # on a busy machine the estimate is a range: as timed, and slowed by the load now
+    monkeypatch.setattr(estimate, "machine_load", lambda: (4.0, 2))
+    code, stdout, _ = gfbench("run", *TINY, "--dry-run", "-j", "2")
+    assert stdout.splitlines()[-1] == (
+        "8 runs, estimated wall time 2 min (idle machine) to 6 min (load 4.0 on 2 cores now) "
+        "at -j 2 plus 4 runs of unknown time")
+
+
+def test_dry_run_prints_the_summary_and_lists_runs_only_when_verbose(gfbench):
+    code, stdout, _ = gfbench("run", *TINY, "--dry-run")
+    lines = stdout.strip().splitlines()
+    assert code == 0 and len(lines) == 4  # em, exact, the basis, the total
+    assert lines[2].startswith("basis: ") and "timings.csv" in lines[2]
+    code, verbose, _ = gfbench("run", *TINY, "--dry-run", "--verbose")
+    listed = verbose.strip().splitlines()
+    assert code == 0 and listed[:4] == lines  # the summary first, then one line per run
+    assert len(listed) == 4 + 8 and all(" seed " in line for line in listed[4:])
 
 
 def test_help_texts_have_descriptions_defaults_and_examples(capsys):
@@ -190,3 +210,22 @@ def test_progress_is_printed_as_lines_without_a_terminal(gfbench, tmp_path):
     code, _, err = gfbench("run", *argv, "--out", tmp_path / "p")
     assert code == 0
     assert "gfbench: 8/8 runs done after" in err and "\r" not in err
+
+
+def test_each_failed_run_is_named_with_its_reason_and_counted_even_when_quiet(gfbench, tmp_path):
+    code, _, err = gfbench("run", "--task", "ou", "-P", "ou.dim=1", "--times", "0.1",
+                           "--solver", "faulty_solvers:Raises",
+                           "--solver", "faulty_solvers:ReturnsNaN",
+                           "--solver", "faulty_solvers:KillsItself", "--solver", "exact",
+                           "-P", "exact.n_samples=256", "--metrics", "energy",
+                           "--quiet", "--no-report", "--out", tmp_path / "f")
+    lines = err.splitlines()
+    assert code == 1, err
+    assert "gfbench: [error] faulty_raises(n=64) on ou(dim=1) seed 0: RuntimeError: deliberate " \
+           "failure inside run()" in err
+    assert "gfbench: [error] faulty_sigkill(n=64) on ou(dim=1) seed 0: run process killed by " \
+           "signal SIGKILL" in lines
+    assert "gfbench: [diverged] faulty_nan(n=64) on ou(dim=1) seed 0: non-finite samples" in lines
+    assert not any("exact" in line for line in lines if "[" in line)  # ok runs stay quiet
+    assert lines[-1].startswith("gfbench: 3 of 4 runs failed (diverged 1, error 2); each one's "
+                                "reason is in the 'error' column of ")

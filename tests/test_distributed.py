@@ -14,6 +14,7 @@ COMPARED = ["task", "task_config", "solver", "solver_config", "seed", "status", 
             "symkl_kde", "energy"]
 
 
+@pytest.mark.slow
 def test_dask_local_cluster_rows_equal_default_backend(gfbench, tmp_path):
     assert gfbench("run", *TINY, "-j", "2", "--out", tmp_path / "loky")[0] == 0
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,

@@ -191,7 +191,7 @@ def test_a_skipped_solver_reads_skipped_with_its_reason_not_failed():
     board = leaderboard.build_leaderboard(frame, metric="energy")
     cells = leaderboard.matrix(board).set_index("solver")
     assert cells.loc["dual_jko", "all"] == "skipped" and cells.loc["dual_jko", "wins"] == "—"
-    assert cells.loc["em", "all"] == "failed" and cells.loc["em", "wins"] == "0/1"
+    assert cells.loc["em", "all"] == "failed (#2)" and cells.loc["em", "wins"] == "0/1"
     detail = leaderboard.detail_table(board).set_index("solver")
     assert detail.loc["dual_jko", "median [90% interval]"] == "skipped"
     assert "10^5 monomials" in detail.loc["dual_jko", "note"]

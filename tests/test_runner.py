@@ -25,6 +25,7 @@ def metric_table(out: Path) -> pd.DataFrame:
     return frame[keys + ["status"] + METRICS].sort_values(keys).reset_index(drop=True)
 
 
+@pytest.mark.slow
 def test_same_grid_gives_bit_identical_metrics_across_reruns_and_jobs(gfbench, tmp_path):
     assert gfbench("run", *TINY, "-j", "1", "--out", tmp_path / "a")[0] == 0
     assert gfbench("run", *TINY, "-j", "2", "--out", tmp_path / "b")[0] == 0

@@ -1,0 +1,122 @@
+"""One generation counts: an edit followed by a rerun replaces the old numbers, never pools them.
+
+A run id hashes the code of the task, the solver and the metrics, including
+helper modules a plugin imports from its own tree; readers keep, for each
+(task configuration, solver configuration, seed), only the newest code
+generation, and ``prune`` removes only the stale files it can parse.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import sys
+import textwrap
+
+import pytest
+
+from runners import registry, store
+
+PLUGIN = '''
+import numpy as np
+from tasks.ou import OrnsteinUhlenbeck as OU
+from {helper} import SHIFT
+
+
+class Shifted(OU):
+    """OU whose initial mean is moved by SHIFT (a plugin edited between two runs)."""
+
+    name = "shifted_ou"
+
+    def sample_initial(self, n, rng):
+        return super().sample_initial(n, rng) + SHIFT
+'''
+
+
+@pytest.fixture
+def plugin_dir(tmp_path, monkeypatch):
+    """A plugin task module and the helper module it imports, importable from tmp_path."""
+    helper = f"gen_helper_{tmp_path.name.replace('-', '_')}"
+    module = f"gen_plugin_{tmp_path.name.replace('-', '_')}"
+    (tmp_path / f"{helper}.py").write_text("SHIFT = 0.0\n")
+    (tmp_path / f"{module}.py").write_text(textwrap.dedent(PLUGIN.format(helper=helper)))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("PYTHONPATH", f"{tmp_path}:{__import__('os').environ.get('PYTHONPATH', '')}")
+    yield tmp_path, module, helper
+    for name in (module, helper):
+        sys.modules.pop(name, None)
+
+
+def _reset_hashes():
+    registry._closure_hash.cache_clear()
+    registry.normalised_source.cache_clear()
+    registry._tree_root.cache_clear()
+    importlib.invalidate_caches()
+
+
+def test_a_helper_module_of_a_plugin_is_part_of_its_run_id(plugin_dir):
+    path, module, helper = plugin_dir
+    _reset_hashes()
+    assert helper in registry.module_closure(module)
+    before = registry._closure_hash(module)
+    (path / f"{helper}.py").write_text("SHIFT = 0.5\n")
+    _reset_hashes()
+    assert registry._closure_hash(module) != before
+
+
+def test_a_plugin_edit_and_a_rerun_leave_one_generation(gfbench, plugin_dir):
+    path, module, helper = plugin_dir
+    out = path / "results"
+    run = ("run", "--task", f"{module}:Shifted", "-P", f"{module}:Shifted.dim=1", "--times", "0.2",
+           "--seeds", "2", "--solver", "exact", "-P", "exact.n_samples=256",
+           "--metrics", "energy,symkl", "--quiet", "--no-report", "--out", out)
+    _reset_hashes()
+    code, _, err = gfbench(*run)
+    assert code == 0, err
+    (path / f"{helper}.py").write_text("SHIFT = 0.5  # edited\nUNUSED = 1\n")
+    _reset_hashes()
+    sys.modules.pop(helper, None)
+    sys.modules.pop(module, None)
+    code, _, err = gfbench(*run)
+    assert code == 0, err
+    assert len(list(store.runs_dir(out).glob("*.json"))) == 4  # two generations on disk
+    frame, _, stale = store.load_current(out)
+    assert len(frame) == 2 and len(stale) == 2  # one generation of 2 seeds counts
+    assert frame["run_id"].nunique() == 2
+    assert set(frame["task_code"]) == {registry._closure_hash(module)}
+    exported = store.export(out)
+    assert len(exported) == 2
+    assert len(list(csv_rows(out / "results.csv"))) == 2
+    # a user's notes.json and a directory in runs/ are not run files: prune leaves them
+    (store.runs_dir(out) / "notes.json").write_text(json.dumps({"mine": True}))
+    (store.runs_dir(out) / "sub.json").mkdir()
+    code, stdout, stderr = gfbench("prune", out)
+    assert code == 0 and "2 of 4 run files are stale" in stderr
+    assert stdout.count("older code generation") == 2
+    code, _, _ = gfbench("prune", out, "--delete")
+    assert code == 0
+    assert (store.runs_dir(out) / "notes.json").is_file() and (store.runs_dir(out) / "sub.json").is_dir()
+    assert len(list(store.runs_dir(out).glob("*.json"))) == 4  # 2 runs, notes.json, sub.json
+    assert store.load_current(out)[2] == []
+
+
+def csv_rows(path):
+    import csv
+
+    with path.open(newline="") as handle:
+        yield from csv.DictReader(handle)
+
+
+def test_runs_of_one_generation_with_other_times_are_not_stale():
+    spec = {"task": "ou", "task_params": {"dim": 1}, "solver": "exact", "solver_params": {},
+            "seed": 0, "seed_entropy": 0, "task_version": "1", "task_code": "a",
+            "solver_version": "1", "solver_code": "b", "metric_code": {"energy": "m"}}
+    payloads = {
+        "r1": {"spec": {**spec, "times": [0.1]}, "rows": [{"finished_at": "2026-01-01"}]},
+        "r2": {"spec": {**spec, "times": [0.5], "metric_code": {"energy": "m", "symkl": "s"}},
+               "rows": [{"finished_at": "2026-01-02"}]},
+        "r3": {"spec": {**spec, "solver_code": "old"}, "rows": [{"finished_at": "2025-12-01"}]},
+        "r4": {"spec": {**spec, "metric_code": {"energy": "old"}},
+               "rows": [{"finished_at": "2025-12-02"}]},
+    }
+    current, stale = store.split_generations(payloads)
+    assert set(current) == {"r1", "r2"} and set(stale) == {"r3", "r4"}
