@@ -225,12 +225,31 @@ class ReferenceDraws:
         return self.directory / f"{digest}.npz"
 
 
+_CHECKSUM = "__sha256__"
+
+
+def _digest(value: Mapping[str, np.ndarray]) -> np.ndarray:
+    """sha256 over the arrays' names, dtypes, shapes and bytes (as a uint8 array)."""
+    digest = hashlib.sha256()
+    for key in sorted(value):
+        array = np.ascontiguousarray(value[key])
+        digest.update(f"{key}|{array.dtype.str}|{array.shape}|".encode())
+        digest.update(array.tobytes())
+    return np.frombuffer(digest.digest(), dtype=np.uint8)
+
+
 def _load(path: Path) -> dict[str, np.ndarray] | None:
+    """A cached entry, or None when it is missing, unreadable or fails its checksum (a file
+    zeroed or edited in place is recomputed, never trusted)."""
     try:
-        with np.load(path) as data:
-            return {k: data[k] for k in data.files}
+        with np.load(path, allow_pickle=False) as data:
+            value = {k: data[k] for k in data.files if k != _CHECKSUM}
+            stored = data[_CHECKSUM] if _CHECKSUM in data.files else None
     except (OSError, ValueError, EOFError, KeyError):
         return None
+    if stored is None or not np.array_equal(stored, _digest(value)):
+        return None
+    return value
 
 
 def _save(path: Path, value: Mapping[str, np.ndarray]) -> None:
@@ -242,7 +261,7 @@ def _save(path: Path, value: Mapping[str, np.ndarray]) -> None:
         return
     try:
         with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, **value)
+            np.savez(handle, **value, **{_CHECKSUM: _digest(value)})
         os.replace(tmp, path)
     except OSError:
         try:

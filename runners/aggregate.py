@@ -127,6 +127,27 @@ def _lists(metric_versions: object, metric: str) -> bool:
     return isinstance(parsed, dict) and metric in parsed
 
 
+def diagnostics_text(info: pd.Series) -> str:
+    """A solver's own failure diagnostics over runs: ``ibp_loss=0.012, score_loss=3.1``.
+
+    Read from each row's ``info`` JSON under ``"diagnostics"`` (what a solver
+    reports about its own success: SCVM's self-consistency loss, SBTM's
+    score-matching loss); numeric values, median over the rows; '' if none.
+    """
+    values: dict[str, list[float]] = {}
+    for text in info.dropna():
+        try:
+            parsed = json.loads(text) if isinstance(text, str) else text
+        except ValueError:
+            continue
+        found = parsed.get("diagnostics") if isinstance(parsed, dict) else None
+        for key, value in (found.items() if isinstance(found, dict) else ()):
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values.setdefault(str(key), []).append(float(value))
+    return ", ".join(f"{key}={format_number(float(np.median(v)))}"
+                     for key, v in sorted(values.items()))
+
+
 def worst_value(metric: str) -> float:
     """The value a failed or invalid replicate takes in a ranking: +∞ in the worse direction."""
     return np.inf if lower_is_better(metric) else -np.inf

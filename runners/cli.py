@@ -1,15 +1,19 @@
 """The ``gfbench`` command line.
 
 Exit codes: 0 every run ok or skipped; 1 some run failed (error / timeout /
-diverged) or ``compare`` found a regression; 2 bad input (nothing written).
+diverged) or ``compare`` found a regression; 2 bad input (nothing written) or
+an environment that cannot be written to (a full disk, a read-only
+directory: runs finished before are kept); 130 interrupted.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 import sys
 import tempfile
+import threading
 from pathlib import Path
 
 from runners.grid import BadInput, GridBlock, RunConfig, expand, parse_seeds, parse_values
@@ -40,8 +44,9 @@ MAIN_EPILOG = """examples:
   gfbench leaderboard gfbench-results
   gfbench compare results/baseline-smoke gfbench-results
 
-exit codes: 0 ok; 1 some run failed, or compare found a regression; 2 bad input
-(one line on stderr, nothing written). 'gfbench COMMAND --help' for each command."""
+exit codes: 0 ok; 1 some run failed, or compare found a regression; 2 bad input, or a
+file that cannot be written (full disk, read-only directory): one line on stderr, nothing
+half-written. 'gfbench COMMAND --help' for each command."""
 
 RUN_DESCRIPTION = """Run every (task configuration, solver configuration, seed) of a grid, each run in
 its own process under hard limits, and write one file per run, results.csv/.parquet and a
@@ -98,8 +103,9 @@ def _build_parser() -> argparse.ArgumentParser:
     how.add_argument("--timeout", type=float, help="seconds a run may take before it is killed "
                                                    "(default: the profile's, else none)")
     how.add_argument("--max-memory", metavar="SIZE",
-                     help="resident memory a run (with its children) may use, e.g. 4G or 512M "
-                          "(default: 80%% of the machine's memory divided by -j)")
+                     help="resident memory a run (with every process it starts) may use, e.g. "
+                          "4G or 512M; at most the machine's memory (default: 80%% of it "
+                          "divided by the -j used after capping)")
     how.add_argument("--device", choices=["cpu", "cuda"],
                      help="device for GPU-capable solvers (default cpu)")
     how.add_argument("--backend", choices=["loky", "dask", "ray"],
@@ -165,15 +171,23 @@ def _build_parser() -> argparse.ArgumentParser:
   better / worse   every difference beyond both, one direction (Wilcoxon with >= 6 seeds);
                    a finite value that became infinite is worse
   not significant  beyond tolerance, not consistently
-  new failure      ok in the baseline, failed (or no longer computed) now
+  new failure      ok in the baseline; failed, no longer computed or invalid now
   fixed            the reverse
   not comparable   task, solver or metric version changed
   missing / new    configuration in the baseline only / in the new results only
+  only worse, new failure and missing (unless --allow-missing) fail the gate
+
+run-time verdicts (metric time_run; reported, never gating):
+  slower / faster  new median run time > 1.5x the baseline's + 0.05 s / the reverse
+                   (only runs with the same machine_id are timed against each other)
+  same             within that ratio
+  not comparable   the runs were timed on different machines
 
 exit codes:
   0  something was compared and nothing regressed
   1  worse, new failure, missing (unless --allow-missing), or corrupt run files
-  2  bad input, or nothing to compare (no shared configuration, no comparable metric)
+  2  bad input, nothing to compare (no shared configuration, no comparable metric), or
+     --out cannot be written (full disk, read-only directory): never read as a regression
 
 example:
   gfbench compare results/baseline-smoke my-results --out comparison.csv""")
@@ -299,6 +313,22 @@ def _validate_run_options(config: RunConfig) -> None:
             raise BadInput("--backend dask needs: pip install 'gfbench[dask]'") from None
     if config.scheduler and config.backend != "dask":
         raise BadInput("--scheduler is for --backend dask")
+    _check_max_memory(config)
+
+
+def _check_max_memory(config: RunConfig) -> None:
+    """A memory limit beyond this machine's memory is no limit: refused for local runs.
+
+    (A Dask or Ray cluster's workers run elsewhere, on machines of their own size.)
+    """
+    from runners.resources import total_memory_bytes
+
+    total = total_memory_bytes()
+    if config.max_memory and config.backend == "loky" and config.max_memory > total:
+        raise BadInput(f"the memory limit of a run (--max-memory, or the profile's "
+                       f"max_memory), {config.max_memory / 2**30:.1f} GB, is more than this "
+                       f"machine's {total / 2**30:.1f} GB of physical memory: a run would "
+                       "exhaust the machine before reaching it")
 
 
 def check_writable(out: Path, files: tuple[str, ...] = ()) -> None:
@@ -402,11 +432,12 @@ def cmd_run(args) -> int:
     todo, corrupt = parallel.pending(specs, out, config.retry_failed)
     for path in corrupt:
         print(f"gfbench: warning: corrupt run file {path} will be redone", file=sys.stderr)
-    max_memory = config.max_memory or resources.default_max_memory(config.n_jobs)
-    n_jobs, why = resources.cap_jobs(config.n_jobs, len(todo), max_memory) \
+    n_jobs, why = resources.cap_jobs(config.n_jobs, len(todo), config.max_memory) \
         if config.backend == "loky" else (config.n_jobs, "")
     if why:
         print(f"gfbench: {why}", file=sys.stderr)
+    # the default limit shares the machine among the runs that actually run at once
+    max_memory = config.max_memory or resources.default_max_memory(n_jobs)
     n_threads = config.n_threads or 1
     options = {"timeout": config.timeout, "n_threads": n_threads, "device": config.device,
                "n_gpus": _cuda_count() if config.device == "cuda" else 0,
@@ -414,13 +445,14 @@ def cmd_run(args) -> int:
                "preload": parallel.preload_modules(specs)}
     print(f"gfbench: {len(specs)} runs, {len(specs) - len(todo)} already done, "
           f"{len(todo)} to run with -j {n_jobs} ({n_threads} thread{'s' * (n_threads > 1)} "
-          f"and {max_memory / 2**30:.1f} GB each) -> {out}", file=sys.stderr)
+          f"and at most {max_memory / 2**30:.1f} GB of memory each) -> {out}", file=sys.stderr)
     try:
         parallel.dispatch(todo, out, options, n_jobs=n_jobs, backend=config.backend,
                           scheduler=config.scheduler, show_progress=not args.quiet)
         frame = store.export(out)
-    except store.StoreError as exc:
-        raise BadInput(str(exc)) from None
+    except OSError as exc:  # a full disk, a directory made read-only: not a failed run
+        raise BadInput(f"{describe_os_error(exc)}; the runs finished before are kept "
+                       "(rerun the same command to resume)") from None
     ids = {s["run_id"] for s in specs}
     selected = frame[frame["run_id"].isin(ids)] if not frame.empty else frame
     statuses = selected.groupby("run_id")["status"].agg(lambda s: _worst(set(s))) \
@@ -439,13 +471,11 @@ def cmd_run(args) -> int:
               + f"); each one's reason is in the 'error' column of {out / 'results.csv'}",
               file=sys.stderr)
     if not args.no_report:
-        from runners.report import write_report
-
         try:
-            paths = write_report([out], out / "report")
-        except (store.StoreError, OSError) as exc:
-            raise BadInput(f"cannot write the report: {getattr(exc, 'strerror', None) or exc}") \
-                from None
+            paths = publish_report([out], out / "report")
+        except OSError as exc:
+            raise BadInput(f"cannot write the report: {describe_os_error(exc)}; the runs and "
+                           "results.csv are written") from None
         print(f"gfbench: report -> {paths['markdown']} and {paths['html']}", file=sys.stderr)
     failed = sum(v for k, v in status_counts.items() if k not in ("ok", "skipped"))
     return EXIT_FAILED if failed else EXIT_OK
@@ -532,9 +562,85 @@ def _load_and_warn(dirs: list[Path]):
     return frame, corrupt
 
 
-def cmd_report(args) -> int:
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: what, on which file, why."""
+    from runners.store import StoreError
+
+    if isinstance(exc, StoreError):
+        return str(exc)  # already says what could not be written, and why
+    where = f" {exc.filename}" if exc.filename else ""
+    return f"cannot write or read{where}: {exc.strerror or exc}"
+
+
+#: what a report consists of, swapped in together by :func:`publish_report`
+REPORT_PARTS = ("figures", "report.html", "report.md")
+
+
+def publish_report(dirs: list[Path], out: Path, **kwargs) -> dict:
+    """``write_report`` into a staging directory inside ``out``, then swap it in.
+
+    An interrupted (Ctrl-C, SIGTERM) or failed report — a full disk — leaves
+    the previous one whole: its markdown, HTML and figures always belong
+    together. The swap itself is three renames with the interrupts held.
+    Returns the paths of the report in ``out``.
+    """
+    import shutil
+
     from runners.report import write_report
 
+    out.mkdir(parents=True, exist_ok=True)
+    _drop_dead_staging(out)
+    staging = Path(tempfile.mkdtemp(dir=out, prefix=f".staging.{os.getpid()}.", suffix=".tmp"))
+    try:
+        paths = write_report(dirs, staging, **kwargs)
+        with _interrupts_held():
+            _swap_in(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return {"markdown": out / "report.md", "html": out / "report.html",
+            "figures": [out / "figures" / Path(p).name for p in paths.get("figures", [])]}
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Ctrl-C and SIGTERM wait until the block is done, then interrupt as usual."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # only the main thread handles signals (and sets their handlers)
+        return
+    caught: list[int] = []
+    saved = {sig: signal.signal(sig, lambda signum, _frame: caught.append(signum))
+             for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in saved.items():
+            signal.signal(sig, handler)
+    if caught:
+        raise KeyboardInterrupt
+
+
+def _swap_in(staging: Path, out: Path) -> None:
+    """Move the staged report's parts over ``out``'s (the old figures go with the staging)."""
+    old_figures = out / "figures"
+    if old_figures.is_dir() and not old_figures.is_symlink():
+        os.replace(old_figures, staging / ".old-figures")
+    for part in REPORT_PARTS:
+        os.replace(staging / part, out / part)
+
+
+def _drop_dead_staging(out: Path) -> None:
+    """Staging directories of reports whose writer was killed (kill -9)."""
+    import shutil
+
+    from runners.store import _pid_alive
+
+    for path in out.glob(".staging.*.tmp"):
+        pid = path.name.split(".")[2]
+        if path.is_dir() and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def cmd_report(args) -> int:
     dirs = _require_results(args.results)
     out = Path(args.out) if args.out else dirs[0] / "report"
     check_writable(out)
@@ -543,10 +649,10 @@ def cmd_report(args) -> int:
 
     store.clean_stale_temp(out)
     try:
-        paths = write_report(dirs, out, frame=frame, corrupt=corrupt)
-    except (store.StoreError, OSError) as exc:
-        raise BadInput(f"cannot write the report: {getattr(exc, 'strerror', None) or exc}") \
-            from None
+        paths = publish_report(dirs, out, frame=frame, corrupt=corrupt)
+    except OSError as exc:
+        raise BadInput(f"cannot write the report: {describe_os_error(exc)}; the previous "
+                       "report, if any, is left as it was") from None
     print(f"gfbench: report -> {paths['markdown']} and {paths['html']}")
     return EXIT_OK
 
@@ -633,11 +739,23 @@ def _raise_interrupt(signum, frame) -> None:
     raise KeyboardInterrupt
 
 
+#: what an interrupted command leaves behind, in its final line
+INTERRUPTED = {"run": "finished runs are kept, rerun to resume",
+               "report": "the previous report, if any, is left as it was"}
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Run one ``gfbench`` command; returns the exit code."""
+    """Run one ``gfbench`` command; returns the exit code.
+
+    Exit 2 covers the environment too: a file that cannot be written (a full
+    disk, a read-only directory) is one line, never a traceback, and never
+    the 1 that means failed runs or a regression.
+    """
+    command = None
     try:
         parser = _build_parser()
         args = parser.parse_args(argv)
+        command = args.command
         if args.command is None:
             parser.print_help(sys.stderr)
             return EXIT_BAD_INPUT
@@ -645,8 +763,12 @@ def main(argv: list[str] | None = None) -> int:
     except BadInput as exc:
         print(f"gfbench: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except OSError as exc:  # StoreError included
+        print(f"gfbench: error: {describe_os_error(exc)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
     except KeyboardInterrupt:
-        print("gfbench: interrupted; finished runs are kept, rerun to resume", file=sys.stderr)
+        print(f"gfbench: interrupted; {INTERRUPTED.get(command, 'nothing was half-written')}",
+              file=sys.stderr)
         return 130
 
 
@@ -654,9 +776,12 @@ def console_main() -> None:
     """Entry point of the ``gfbench`` console script.
 
     SIGTERM (a scheduler's stop, ``kill``) ends like Ctrl-C: clean-up runs,
-    finished runs are kept, and the message says how to resume.
+    finished runs are kept, and the message says how to resume. SIGINT
+    interrupts even where it was inherited ignored (a background job of a
+    script): a ``kill -INT`` is never swallowed.
     """
     signal.signal(signal.SIGTERM, _raise_interrupt)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     sys.exit(main())
 
 

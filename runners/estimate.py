@@ -232,21 +232,26 @@ def estimate_profile(data: dict, index: dict, timings: dict[tuple, float] | None
     """Estimate for a parsed profile without importing any plugin (``gfbench list``).
 
     Parameters are the profile's grids merged over the index's default grids,
-    as :func:`runners.grid.expand` does; no validation.
+    as :func:`runners.grid.expand` does; no validation. A run that several
+    ``[[grid]]`` blocks ask for (same task, parameters, solver, parameters,
+    seed and times) counts once, as the expansion runs it once.
     """
+    from runners.grid import parse_seeds
+
     timings = load_timings() if timings is None else timings
     estimate = Estimate()
     run = data.get("run", {}) or {}
-    seeds = run.get("seeds", 1)
-    default_seeds = len(seeds) if isinstance(seeds, list) else int(seeds)
+    default_seeds = parse_seeds(run.get("seeds", 1))
     blocks = list(data.get("grid", []) or [])
     if "tasks" in data or "solvers" in data:
         blocks.append({"tasks": data.get("tasks", {}), "solvers": data.get("solvers", {})})
+    seen: set[tuple] = set()
     for block in blocks:
-        n_seeds = block.get("seeds", default_seeds)
-        n_seeds = len(n_seeds) if isinstance(n_seeds, list) else int(n_seeds)
+        seeds = parse_seeds(block["seeds"]) if "seeds" in block else default_seeds
         for task, task_grid in (block.get("tasks") or {}).items():
-            task_grid = {k: v for k, v in (task_grid or {}).items() if k != "times"}
+            task_grid = dict(task_grid or {})
+            times = task_grid.pop("times", index["tasks"].get(task, {}).get("default_times"))
+            times = tuple(sorted({float(t) for t in _as_list(times)}))
             for task_params in _product(index["tasks"].get(task, {}).get("parameters", {}),
                                         task_grid):
                 for solver, solver_grid in (block.get("solvers") or {}).items():
@@ -254,9 +259,15 @@ def estimate_profile(data: dict, index: dict, timings: dict[tuple, float] | None
                     for solver_params in _product(defaults, solver_grid or {}):
                         key = (task, config_label(task_params), solver,
                                config_label(solver_params))
-                        for _ in range(n_seeds):
-                            estimate.add(solver, timings.get(key))
+                        for seed in seeds:
+                            if (key, seed, times) not in seen:
+                                seen.add((key, seed, times))
+                                estimate.add(solver, timings.get(key))
     return estimate
+
+
+def _as_list(value: Any) -> list:
+    return [] if value is None else list(value) if isinstance(value, (list, tuple)) else [value]
 
 
 def _product(defaults: dict[str, list], grid: dict[str, Any]) -> list[dict]:

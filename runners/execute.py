@@ -132,10 +132,106 @@ def reference_draws(spec: dict, task, reference, t: float, options: dict):
                                  options.get("cache_dir"), key)
 
 
-def _evaluate(spec: dict, task, result: SolverResult, t: float, options: dict
-              ) -> dict[str, Any]:
-    """Metric values (with standard errors, floors and notes) at one time."""
-    reference = task.reference(t)
+class TaskError(Exception):
+    """A task's own output (its reference) is unusable: the row blames the task.
+
+    Deliberately not a ValueError: a metric turns those into a NaN with a
+    note, and a broken reference must never leave an ``ok`` row.
+    """
+
+
+#: reference draws checked when a reference is built (a fixed stream: no metric's changes)
+PROBE_DRAWS = 64
+
+
+def checked_reference(spec: dict, task, t: float):
+    """``task.reference(t)`` with every sample and log-density it returns checked.
+
+    Samples must be finite ``(n, dim)`` arrays and log-densities ``(n,)``
+    arrays without NaN or +inf (and finite at the reference's own samples);
+    tabulated densities and closed-form moments are checked once. A probe
+    of :data:`PROBE_DRAWS` draws runs now, so that a broken task is named
+    before a solver's output is judged against it. Raises :class:`TaskError`.
+    """
+    import dataclasses
+
+    where = f"task {spec.get('task_name', spec['task'])}'s reference at t={t:g}"
+    try:
+        reference = task.reference(t)
+    except MemoryError:
+        raise
+    except Exception as exc:  # noqa: BLE001 — whatever a task raises, it is the task's
+        raise TaskError(f"{where} failed: {_describe_exception(exc)}") from exc
+    if not dataclasses.is_dataclass(reference):
+        raise TaskError(f"{where} is a {type(reference).__name__}, not a tasks.base.Reference")
+    _check_tables(reference, task.dim, where)
+    sample, log_density = reference.sample, reference.log_density
+    reference = dataclasses.replace(
+        reference, sample=sample and _checked_sampler(sample, task.dim, where),
+        log_density=log_density and _checked_log_density(log_density, where))
+    if reference.sample is not None:
+        x = reference.sample(PROBE_DRAWS, np.random.default_rng(0))
+        if reference.log_density is not None and \
+                not np.isfinite(reference.log_density(x)).all():
+            raise TaskError(f"{where} gives its own samples a log-density of -inf")
+    return reference
+
+
+def _checked_sampler(sample, dim: int, where: str):
+    def checked(n, rng):
+        x = np.asarray(sample(n, rng), dtype=np.float64)
+        if x.shape != (n, dim):
+            raise TaskError(f"{where} returned samples of shape {x.shape}; expected "
+                            f"({n}, {dim})")
+        bad = int((~np.isfinite(x)).any(axis=1).sum())
+        if bad:
+            raise TaskError(f"{where} returned non-finite samples ({bad} of {n})")
+        return x
+
+    return checked
+
+
+def _checked_log_density(log_density, where: str):
+    def checked(x):
+        values = np.asarray(log_density(x), dtype=np.float64)
+        n = np.shape(x)[0]
+        if values.shape != (n,):
+            raise TaskError(f"{where} returned log-densities of shape {values.shape} for "
+                            f"{n} points; expected ({n},)")
+        # -inf is a point outside the reference's support; NaN and +inf are no density
+        bad = int((np.isnan(values) | (values == np.inf)).sum())
+        if bad:
+            raise TaskError(f"{where} returned NaN or +inf log-densities ({bad} of {n})")
+        return values
+
+    return checked
+
+
+def _check_tables(reference, dim: int, where: str) -> None:
+    """The reference's tabulated density and closed-form moments, if any."""
+    if reference.grid is not None or reference.density is not None:
+        grid, density = np.asarray(reference.grid, float), np.asarray(reference.density, float)
+        if grid.ndim != 1 or density.shape != grid.shape or not np.isfinite(density).all() \
+                or (density < 0).any() or not np.isfinite(grid).all():
+            raise TaskError(f"{where} tabulates a density of shape {density.shape} on a grid "
+                            f"of shape {grid.shape} that is not finite, non-negative and "
+                            "of the grid's length")
+    if reference.moments is not None:
+        mean, cov = (np.asarray(m, dtype=np.float64) for m in reference.moments)
+        if mean.shape != (dim,) or cov.shape != (dim, dim) \
+                or not (np.isfinite(mean).all() and np.isfinite(cov).all()):
+            raise TaskError(f"{where} returned moments of shapes {mean.shape} and "
+                            f"{cov.shape}; expected finite ({dim},) and ({dim}, {dim})")
+
+
+def _evaluate(spec: dict, task, result: SolverResult, t: float, options: dict,
+              reference=None) -> dict[str, Any]:
+    """Metric values (with standard errors, floors and notes) at one time.
+
+    ``reference``: the task's reference at ``t`` as :func:`checked_reference`
+    returns it (built here when not given).
+    """
+    reference = checked_reference(spec, task, t) if reference is None else reference
     rng = np.random.default_rng(grid.metric_seed(spec, t))
     draws = reference_draws(spec, task, reference, t, options)
     values: dict[str, Any] = {}
@@ -274,6 +370,8 @@ def execute(spec: dict, options: dict,
         try:
             if result is None:
                 raise RuntimeError(f"solver returned no result for t={t}")
+            # a broken task is named before the solver's output is judged against it
+            reference = checked_reference(spec, task, t)
             _check_result(result, task.dim)
             status = "ok" if _finite(result) else "diverged"
             if status == "diverged":
@@ -282,12 +380,13 @@ def execute(spec: dict, options: dict,
                 values["metric_notes"] = json.dumps({name: "not computed: the solver diverged"
                                                      for name in spec["metrics"]})
             else:
-                values = _evaluate(spec, task, result, t, options)
+                values = _evaluate(spec, task, result, t, options, reference)
                 error = ""
             info = json.dumps(result.info, default=str)
         except BaseException as exc:  # noqa: BLE001 — a broken result is a status row too
             status, error, info = ("oom" if isinstance(exc, MemoryError) else "error",
-                                   _describe_exception(exc), "{}")
+                                   str(exc) if isinstance(exc, TaskError)
+                                   else _describe_exception(exc), "{}")
             values = {name: None for name in spec["metrics"]}
             values.update(reference_error=None, reference_provenance=None)
         row.update(status=status, error=error[:ERROR_CHARS], **values, info=info,

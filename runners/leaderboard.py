@@ -224,6 +224,7 @@ def _table(task: str, group: str, part: pd.DataFrame, metric: str | None,
             "failed": len(failed_runs) + n_inf + n_invalid,
             "time_run_median": float(pd.to_numeric(ok["time_run"], errors="coerce").median())
             if len(ok) else np.nan,
+            "diagnostics": aggregate.diagnostics_text(ok["info"]) if "info" in ok else "",
             "status": "ok" if len(shown) else ("invalid" if n_invalid else
                                                ",".join(sorted(runs["status"].unique()))),
             "note": note}
@@ -361,15 +362,21 @@ def to_markdown(board: pd.DataFrame) -> str:
 
 
 def detail_table(rows: pd.DataFrame) -> pd.DataFrame:
-    """One group's entries: rank, solver, score, runs, failures, time, notes."""
-    return pd.DataFrame({
+    """One group's entries: rank, solver, score, runs, failures, time, the solver's own
+    diagnostics (where any solver reports them), notes."""
+    table = pd.DataFrame({
         "rank": rows["rank"].map(lambda r: "—" if pd.isna(r) else str(int(r))),
         "solver": rows["solver"],
         "median [90% interval]": [cell(r) for _, r in rows.iterrows()],
         "runs": rows["n_runs"], "failed": rows["failed"],
         "time [s]": rows["time_run_median"].map(aggregate.format_number),
+        # the solver's own view of its success, beside the score it got
+        "solver diagnostics": rows["diagnostics"].fillna("") if "diagnostics" in rows else "",
         "note": rows["note"].fillna(""),
     })
+    if not (table["solver diagnostics"].astype(str) != "").any():
+        table = table.drop(columns="solver diagnostics")
+    return table
 
 
 def write_leaderboard(dirs: list[Path], out: Path, metric: str | None = None,

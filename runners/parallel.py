@@ -3,20 +3,25 @@
 Every run executes in its own child process forked from a *forkserver* that
 has already imported gfbench (cheap to start, and safe: the server never ran
 any torch/BLAS work before forking). The child leads a process group of its
-own, so everything a solver starts belongs to it. The process that supervises
-it — the main process, a joblib/loky worker, a Dask worker or a Ray task — claims the run
-(so concurrent runners compute it once), waits at most ``timeout`` seconds
-while watching the group's resident memory, and
+own and is a child subreaper, so everything a solver starts stays in its tree,
+even a child in a session of its own or orphaned by a daemon's double fork.
+The process that supervises it — the main process, a joblib/loky worker, a Dask
+worker or a Ray task — claims the run (so concurrent runners compute it once),
+waits at most ``timeout`` seconds while watching the resident memory of every
+process of the run (:func:`runners.resources.run_processes`), and
 
-- kills the whole group at the timeout (a ``timeout`` row), beyond
-  ``max_memory`` (an ``oom`` row) and, to leave nothing behind, after a normal
-  end as well;
+- kills them all at the timeout (a ``timeout`` row), beyond ``max_memory``
+  (an ``oom`` row) and, to leave nothing behind, after a normal end as well;
 - records an ``error`` row when the child ends without writing its result,
   whatever its exit code (a crash, ``kill -9``, ``os._exit(0)``).
 
-A supervisor that is killed takes its runs with it: the child's watchdog
-kills its group when the supervisor disappears, and loky workers die with
-the main process. Whatever happens, one run's failure never stops the grid.
+A supervisor that is killed takes its runs with it, even one whose solver
+holds the GIL in C code: its forkserver (a process group of its own) sees
+the supervisor go, kills every process of its runs and exits
+(runners/preload.py); a run process is SIGKILLed by the kernel when its
+forkserver dies (PR_SET_PDEATHSIG); a watchdog thread in the run covers the
+rest, and loky workers die with the main process. Whatever happens, one
+run's failure never stops the grid.
 """
 from __future__ import annotations
 
@@ -92,12 +97,15 @@ def _progress_writer(path: str | None) -> Callable[[int, int, str], None]:
 
 
 def _exit_with_supervisor(pid: int | None, period_s: float = 1.0) -> None:
-    """Kill this run's process group once its supervisor is gone.
+    """Kill this run and everything it started once its supervisor is gone.
 
     The run's parent is the forkserver, not the process that waits for it,
     so a killed runner would otherwise leave the run (and whatever it
-    started) computing for as long as it takes.
+    started) computing for as long as it takes. A thread: it cannot run
+    while a solver holds the GIL, which the forkserver's clean-up covers.
     """
+    from runners.resources import kill_run
+
     def watch() -> None:
         while True:
             time.sleep(period_s)
@@ -105,7 +113,7 @@ def _exit_with_supervisor(pid: int | None, period_s: float = 1.0) -> None:
                 os.kill(pid, 0)
             except ProcessLookupError:
                 try:
-                    os.killpg(os.getpgrp(), signal.SIGKILL)
+                    kill_run(os.getpid(), spare=os.getpid())
                 finally:
                     os._exit(3)
             except PermissionError:
@@ -115,10 +123,45 @@ def _exit_with_supervisor(pid: int | None, period_s: float = 1.0) -> None:
         threading.Thread(target=watch, daemon=True).start()
 
 
-def _child_main(spec: dict, out: str, options: dict) -> None:
-    from runners.resources import limit_memory, tune_allocator
+def _tie_to_forkserver() -> None:
+    """Make this run process live no longer than its forkserver, and keep what it starts.
+
+    multiprocessing hands every forkserver child the write end of the pipe
+    whose end-of-file tells the forkserver that its client is gone; a run
+    holding it would keep its forkserver alive as long as itself, and the
+    forkserver could never clean up after a killed runner. Closed here, the
+    forkserver exits when its client does, and the kernel then kills this
+    process (PR_SET_PDEATHSIG: the forkserver is single-threaded, so the
+    thread that forked us lives exactly as long as it). As a child subreaper,
+    this process adopts whatever its children orphan.
+    """
+    from multiprocessing import forkserver
+
+    from runners.resources import become_subreaper, die_with_parent
+
+    server = getattr(forkserver, "_forkserver", None)
+    fd = getattr(server, "_forkserver_alive_fd", None)
+    if isinstance(fd, int):  # set in forkserver children only (not under "spawn")
+        try:
+            os.close(fd)
+        except OSError:
+            pass
+        server._forkserver_alive_fd = None  # a solver's own forkserver starts afresh
+        die_with_parent()
+    become_subreaper()
+
+
+def _child_main(spec: dict, out: str, options: dict, failures=None) -> None:
+    """The run process: execute ``spec`` and write its run file.
+
+    A run file that cannot be written (a full disk) is not the solver's
+    failure: its message goes to the supervisor through ``failures`` (a
+    pipe's end), which stops the grid with it.
+    """
+    from runners.resources import kill_run, limit_memory, tune_allocator
 
     os.setpgid(0, 0)  # a group of its own: the supervisor kills everything the run starts
+    _tie_to_forkserver()
     _exit_with_supervisor(options.get("supervisor_pid"))
     # a backstop below the supervisor's RSS watch: virtual memory, with room for libraries
     limit_memory(options["max_memory"] + VM_SLACK if options.get("max_memory") else None)
@@ -128,8 +171,19 @@ def _child_main(spec: dict, out: str, options: dict) -> None:
     add_import_paths(options.get("import_paths", ()))
     progress_dir = options.get("progress_dir")
     path = os.path.join(progress_dir, spec["run_id"]) if progress_dir else None
-    rows = execute(spec, options, _progress_writer(path))
-    store.write_run(Path(out), spec, rows)
+    try:
+        rows = execute(spec, options, _progress_writer(path))
+        try:
+            store.write_run(Path(out), spec, rows)
+        except store.StoreError as exc:
+            if failures is None:
+                raise
+            failures.send(str(exc))
+            raise SystemExit(1) from None  # quietly: the supervisor says it
+    finally:
+        # the solver's leftovers, while they are still this process's descendants: once it
+        # exits, they are re-parented out of its tree
+        kill_run(os.getpid(), spare=os.getpid())
 
 
 def _context(preload: list[str] | None = None):
@@ -186,7 +240,7 @@ WATCH_PERIOD_S = 0.25
 
 def supervise(spec: dict, out: str, options: dict) -> dict:
     """Run one spec in a child process under hard limits; return a summary."""
-    from runners.resources import die_with_parent, group_rss_bytes, kill_group
+    from runners.resources import die_with_parent
 
     label = run_label(spec)
     if os.getpid() != options.get("main_pid"):
@@ -201,7 +255,7 @@ def supervise(spec: dict, out: str, options: dict) -> dict:
         claim.release()  # another runner finished it since this grid was planned
         return {"run_id": spec["run_id"], "status": "run by another runner", "label": label}
     try:
-        status, error = _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim)
+        status, error = _supervise_claimed(spec, out, options, claim)
     finally:
         claim.release()
     return {"run_id": spec["run_id"], "status": status, "label": label, "error": error}
@@ -223,39 +277,27 @@ def run_label(spec: dict) -> str:
     return f"{named('solver')} on {named('task')} seed {spec['seed']}"
 
 
-def _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim
-                       ) -> tuple[str, str]:
+def _supervise_claimed(spec, out, options, claim) -> tuple[str, str]:
     """Run a claimed spec under its limits; (run status, first line of its error)."""
-    timeout, max_memory = options.get("timeout"), options.get("max_memory")
+    max_memory = options.get("max_memory")
     options = {**options, "supervisor_pid": os.getpid()}
-    child = _context(options.get("preload")).Process(target=_child_main, args=(spec, out, options),
-                                                     daemon=False)
+    context = _context(options.get("preload"))
+    failures, failures_end = context.Pipe(duplex=False)
+    child = context.Process(target=_child_main, args=(spec, out, options, failures_end),
+                            daemon=False)
     start = time.perf_counter()
     _start(child)
-    outcome, peak, last_beat = None, 0, time.monotonic()
+    failures_end.close()
+    # every process of the run seen so far (pid -> start time): those a run process that
+    # ended left behind are no longer its descendants, but are still killed
+    seen = {child.pid: store.process_start(child.pid)}
     try:
-        while True:
-            child.join(WATCH_PERIOD_S)
-            if not child.is_alive():
-                break
-            elapsed = time.perf_counter() - start
-            if timeout is not None and elapsed > timeout:
-                outcome = ("timeout", f"killed after the {timeout:g} s timeout")
-                break
-            if max_memory:
-                rss = group_rss_bytes(child.pid)
-                peak = max(peak, rss)
-                if rss > max_memory:
-                    outcome = ("oom", f"killed at {rss / 2**20:.0f} MB resident, over its "
-                                      f"{max_memory / 2**20:.0f} MB limit (--max-memory)")
-                    break
-            if time.monotonic() - last_beat > 5.0:
-                claim.heartbeat()
-                last_beat = time.monotonic()
+        outcome, peak = _watch(child, options, claim, seen, start)
     except BaseException:  # interrupted (Ctrl-C, SIGTERM): the run dies with its supervisor
-        _kill(child, kill_group)
+        _kill(child, seen)
         raise
-    _kill(child, kill_group)  # the run's leftovers (a solver's own children) go too
+    _kill(child, seen)  # the run's leftovers (a solver's own children) go too
+    _raise_write_failure(failures)
     path = store.runs_dir(Path(out)) / f"{spec['run_id']}.json"
     if outcome is not None:
         store.write_run(Path(out), spec, outcome_rows(
@@ -279,10 +321,66 @@ def _supervise_claimed(spec, out, options, group_rss_bytes, kill_group, claim
     return store.run_status(payload), first_error(payload)
 
 
-def _kill(child, kill_group) -> None:
-    """SIGKILL the run's process group, then reap the run process."""
+def _raise_write_failure(failures) -> None:
+    """Raise the run process's StoreError, if it could not write its run file."""
+    try:
+        message = failures.recv() if failures.poll() else None
+    except (EOFError, OSError):
+        message = None  # the run ended without a word: its exit code tells the rest
+    finally:
+        failures.close()
+    if message:
+        raise store.StoreError(message)
+
+
+def _watch(child, options: dict, claim, seen: dict[int, str], start: float
+           ) -> tuple[tuple[str, str] | None, int]:
+    """Wait for the run process within the run's limits.
+
+    Returns (status, why) when a limit was crossed (None when the run ended
+    by itself) and the peak resident memory of all the run's processes
+    together; ``seen`` gains every process of the run met on the way.
+    """
+    from runners.resources import rss_bytes, run_processes
+
+    timeout, max_memory = options.get("timeout"), options.get("max_memory")
+    peak, last_beat = 0, time.monotonic()
+    while True:
+        child.join(WATCH_PERIOD_S)
+        if not child.is_alive():
+            return None, peak
+        if timeout is not None and time.perf_counter() - start > timeout:
+            return ("timeout", f"killed after the {timeout:g} s timeout"), peak
+        processes = run_processes(child.pid, seen)
+        # a process gone stays gone (its start time rules out a reused pid): keep the live
+        # ones, and the run process's own entry, which guards its pid
+        for pid in [pid for pid in seen if pid not in processes and pid != child.pid]:
+            del seen[pid]
+        seen.update(processes)
+        if max_memory:
+            rss = rss_bytes(processes)
+            peak = max(peak, rss)
+            if rss > max_memory:
+                return ("oom", _oom_message(rss, max_memory, len(processes) - 1)), peak
+        if time.monotonic() - last_beat > 5.0:
+            claim.heartbeat()
+            last_beat = time.monotonic()
+
+
+def _oom_message(rss: int, limit: int, n_started: int) -> str:
+    """Why a run was killed for memory: how much, against which limit, counting what."""
+    who = (f"the run process and the {n_started} process{'es' * (n_started > 1)} it started, "
+           "together" if n_started else "the run process alone")
+    return (f"killed using {rss / 2**20:.0f} MB of resident memory ({who}), over the "
+            f"{limit / 2**20:.0f} MB limit a run may use (--max-memory)")
+
+
+def _kill(child, seen: dict[int, str]) -> None:
+    """SIGKILL every process of the run (its tree, its group, those seen), then reap it."""
+    from runners.resources import kill_run
+
     if child.pid:
-        kill_group(child.pid)
+        kill_run(child.pid, seen)
     if child.is_alive():
         child.kill()
     child.join()
@@ -384,6 +482,24 @@ class _ProgressMonitor(threading.Thread):
                 pass
 
 
+def _report_waiting(bar, out: Path, claimed: list[str]) -> None:
+    """Say which runs this runner waits for, and who holds them (never wait without a word)."""
+    owners = {}
+    for run_id in claimed:
+        owner = store.claim_owner(store.runs_dir(out) / f".{run_id}.claim")
+        key = f"pid {owner.get('pid', '?')} on {owner.get('host', '?')}" if owner else "?"
+        owners[key] = owners.get(key, 0) + 1
+    text = (f"waiting for {len(claimed)} run(s) another live runner holds ("
+            + ", ".join(f"{n} by {who}" for who, n in owners.items())
+            + "); they are taken over if it dies")
+    if isinstance(bar, LineProgress):
+        bar.write(text)
+    else:
+        import sys
+
+        bar.write(f"gfbench: {text}", file=sys.stderr)
+
+
 def _report_failure(bar, summary: dict) -> None:
     """One line for a failed run: its status, what it was and why (first line of its error).
 
@@ -475,7 +591,7 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
     progress_dir = tempfile.mkdtemp(prefix="gfbench-progress-")
     cache_dir = _shared_cache(out)
     options = {**options, "progress_dir": progress_dir, "main_pid": os.getpid(),
-               "started_at": time.time(), "cache_dir": str(cache_dir),
+               "started_at": time.time(), "cache_dir": str(cache_dir) if cache_dir else None,
                "import_paths": import_paths()}
     with ExitStack() as stack:
         stack.callback(_drop_cache, cache_dir)
@@ -511,6 +627,8 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
                     _report_failure(bar, summary)
             # runs another runner holds: wait for them, or take them over if it died
             by_id = {spec["run_id"]: spec for spec in specs}
+            if claimed:
+                _report_waiting(bar, out, claimed)
             while claimed:
                 time.sleep(0.5)
                 waiting = []
@@ -535,7 +653,7 @@ def dispatch(specs: list[dict], out: Path, options: dict, n_jobs: int = 1,
     return counts
 
 
-def _shared_cache(out: Path) -> Path:
+def _shared_cache(out: Path) -> Path | None:
     """This invocation's cache of reference terms, ``OUT/.cache/<pid>``; the caches of
     invocations that died (kill -9) are removed here."""
     root = Path(out) / ".cache"
@@ -544,11 +662,16 @@ def _shared_cache(out: Path) -> Path:
             if entry.name.isdigit() and not store._pid_alive(int(entry.name)):
                 shutil.rmtree(entry, ignore_errors=True)
     path = root / str(os.getpid())
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return None  # OUT/.cache is a file, or unwritable: runs share terms in memory only
     return path
 
 
-def _drop_cache(path: Path) -> None:
+def _drop_cache(path: Path | None) -> None:
+    if path is None:
+        return
     shutil.rmtree(path, ignore_errors=True)
     try:
         path.parent.rmdir()  # only when no other invocation is using it

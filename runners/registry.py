@@ -125,6 +125,11 @@ def _load_path(ref: str, base: type) -> type:
         raise KeyError(f"cannot import {ref!r}: {exc}") from None
     if not (inspect.isclass(obj) and issubclass(obj, base)):
         raise KeyError(f"{ref!r} is not a {base.__name__} subclass")
+    name = getattr(obj, "name", None)
+    if not (isinstance(name, str) and name):
+        # the base classes' own messages and the rows name it: refused here, not mid-grid
+        raise KeyError(f"plugin {ref!r} has no name: give the class one, e.g. "
+                       f"name = \"{attr.lower()}\"")
     return obj
 
 
@@ -405,9 +410,11 @@ def index() -> dict[str, dict[str, dict[str, Any]]]:
     """
     path = cache_dir() / f"index-{_sources_digest()}.json"
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        pass
+        cached = json.loads(path.read_text())
+        if _valid_index(cached):
+            return cached
+    except (OSError, ValueError, RecursionError):
+        pass  # unreadable or of the wrong shape: rebuilt and rewritten below
     built = _build_index()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -419,6 +426,32 @@ def index() -> dict[str, dict[str, dict[str, Any]]]:
     except OSError:
         pass
     return built
+
+
+#: what every index entry must hold for the readers (list, grid expansion, leaderboard)
+_ENTRY_KEYS = {"tasks": ("module", "qualname", "version", "parameters", "rankings"),
+               "solvers": ("module", "qualname", "version", "parameters", "capabilities"),
+               "metrics": ("module", "version", "lower_is_better", "default")}
+
+
+def _valid_index(index_: Any) -> bool:
+    """Whether a cached index has the shape :func:`_build_index` writes, naming modules that
+    exist (a hand-edited or foreign file is rebuilt, never trusted)."""
+    if not isinstance(index_, dict) or set(index_) != set(_ENTRY_KEYS):
+        return False
+    for kind, keys in _ENTRY_KEYS.items():
+        entries = index_[kind]
+        if not isinstance(entries, dict):
+            return False
+        for entry in entries.values():
+            if not (isinstance(entry, dict) and all(k in entry for k in keys)
+                    and isinstance(entry["module"], str)):
+                return False
+            if kind != "metrics" and not isinstance(entry["parameters"], dict):
+                return False
+            if _module_path(entry["module"]) is None:
+                return False
+    return True
 
 
 def metric_info(name: str) -> dict[str, Any] | None:

@@ -6,23 +6,29 @@ call, from one or several results directories:
 1. a header — what was run, on what, when;
 2. a summary per task — the leaderboard's matrix (solvers × dimension or data
    set: rank and median at the ranking time, colour-coded in the HTML), the
-   winner per group and the cost of each solver;
+   winner per group and the cost of each solver; split so that no table is wider
+   than a 1400 px window (:func:`_fitted`);
 3. a table of contents;
 4. the details per task — the leaderboard's tables per group, the metrics at
-   the ranking time, the original study's figures (log10 SymKL against the
+   the ranking time, the original study's figures (SymKL against the
    dimension and against t, per estimator: Monte Carlo, grid and KDE SymKL
-   are never drawn on one axis), the cost–accuracy front (log–log, one colour
-   per solver, points marked by their dimension), small multiples of one
-   seed's solver law against the reference (1-D histograms; the reference's
-   first two principal components above 1-D — the study's Figure 3), the
+   are never drawn on one axis), the cost–accuracy front (time per run on a
+   log axis, one colour per solver, points marked by their dimension), small
+   multiples of one seed's solver law against the reference (1-D histograms;
+   the reference's first two principal components above 1-D — the study's
+   Figure 3), the
    filtering densities and box plot, the logistic-regression table beside
    the published Table 2, and the failed runs and infinite scores.
 
 Labels show only the parameters that vary; metrics are named in words.
+Divergences and errors are drawn on symlog axes whose linear part (their
+typical standard error) the caption states: their unbiased estimates read
+0 ± noise near the reference, and no value is dropped without a count.
 """
 from __future__ import annotations
 
 import base64
+import contextlib
 import html
 import json
 from pathlib import Path
@@ -82,17 +88,29 @@ class _Document:
         self.html.append(f"<p>{html.escape(text)}</p>")
 
     def table(self, frame: pd.DataFrame, colours: pd.DataFrame | None = None,
-              collapsed: str | None = None) -> None:
-        """A table; ``colours`` (same shape, CSS colours or '') shades HTML cells;
-        ``collapsed`` puts it in a closed <details> with that summary in the HTML."""
+              collapsed: str | None = None, caption: str | None = None) -> None:
+        """A table; ``colours`` (same shape, CSS colours or '') shades HTML cells and
+        marks a compact matrix (cells never wrap); ``collapsed`` puts it in a closed
+        <details> with that summary in the HTML; ``caption`` is a bold line above it."""
         frame = _drop_empty_columns(frame)
         if collapsed:
             self.md.append(f"**{collapsed}**\n")
+        if caption:
+            self.md.append(f"**{caption}**\n")
+            self.html.append(f'<p class="caption">{html.escape(caption)}</p>')
         self.md.append(markdown_table(frame))
         body = _html_table(frame, None if colours is None else colours[frame.columns])
         if collapsed:
             body = f"<details><summary>{html.escape(collapsed)}</summary>{body}</details>"
         self.html.append(body)
+
+    @contextlib.contextmanager
+    def block(self, css_class: str):
+        """What is written inside sits in one ``<div class=css_class>`` in the HTML (side
+        by side in a ``facets`` row); Markdown just stacks it."""
+        self.html.append(f'<div class="{css_class}">')
+        yield
+        self.html.append("</div>")
 
     def figure(self, fig, name: str, caption: str) -> None:
         path = self.figure_dir / f"{name}.png"
@@ -106,14 +124,15 @@ class _Document:
                          f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
                          "</figcaption></figure>")
 
-    def placeholder(self) -> int:
+    def placeholder(self) -> tuple[int, int]:
         """Reserve a place (for the table of contents, written last)."""
         self.md.append("")
         self.html.append("")
-        return len(self.md) - 1
+        # two indices: HTML-only blocks make the lists differ in length
+        return len(self.md) - 1, len(self.html) - 1
 
-    def fill(self, index: int, md: str, html_text: str) -> None:
-        self.md[index], self.html[index] = md, html_text
+    def fill(self, index: tuple[int, int], md: str, html_text: str) -> None:
+        self.md[index[0]], self.html[index[1]] = md, html_text
 
 
 def _anchor(text: str) -> str:
@@ -121,6 +140,8 @@ def _anchor(text: str) -> str:
 
 
 def _html_table(frame: pd.DataFrame, colours: pd.DataFrame | None) -> str:
+    """An HTML table; a coloured one is a summary matrix, whose short cells never wrap
+    (other tables wrap long cells so that they fit the window)."""
     head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
     rows = []
     for i in range(len(frame)):
@@ -132,7 +153,8 @@ def _html_table(frame: pd.DataFrame, colours: pd.DataFrame | None) -> str:
                 style = f' style="background:{colour}"' if colour else ""
             cells.append(f"<td{style}>{html.escape(str(frame.iloc[i, j]))}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
-    return (f'<div class="wide"><table><thead><tr>{head}</tr></thead><tbody>'
+    kind = ' class="matrix"' if colours is not None else ""
+    return (f'<div class="wide"><table{kind}><thead><tr>{head}</tr></thead><tbody>'
             + "".join(rows) + "</tbody></table></div>")
 
 
@@ -251,17 +273,117 @@ def _summary(doc: _Document, board: pd.DataFrame) -> None:
     doc.text("Which solver wins, by how much, at what cost: per task and ranking metric, each "
              "solver's rank (#) and median over seeds and data splits in each dimension or "
              "data set at the ranking time, its wins and mean rank, and its median run time. "
-             "Ranks tie where the difference is within noise (the leaderboard's rule, below).")
+             "Ranks tie where the difference is within noise (the leaderboard's rule, below). "
+             f"More than {MAX_GROUP_COLUMNS} groups come in parts; a task that varies "
+             "several parameters (data set, protocol, state) gets a table per combination "
+             "of all but one, with solvers across where that is narrower.")
     for task in sorted(board["task"].unique(), key=_task_order):
         for metric, part in board[board["task"] == task].groupby("metric", sort=False):
             direction = "lower" if aggregate.lower_is_better(metric) else "higher"
             doc.heading(f"{task}: {aggregate.metric_title(metric)} ({direction} is better)", 3,
                         anchor=f"summary-{task}-{metric}")
-            matrix = leaderboard.matrix(part)
-            times = part.groupby("solver")["time_run_median"].median()
-            matrix["time per run"] = matrix["solver"].map(times).map(_seconds)
-            doc.table(matrix, _matrix_colours(matrix))
-            doc.text(_winners(part))
+            facets = _facets(part)
+            # narrow per-facet tables side by side: the whole task on one screen
+            with doc.block("facets"):
+                for facet, axis, rows in facets:
+                    with doc.block("facet"):
+                        _summary_matrix(doc, facet, axis, rows)
+            for facet, _, rows in facets:
+                doc.text((f"{facet}: " if facet else "") + _winners(rows))
+
+
+def _summary_matrix(doc: _Document, facet: str, axis: str | None, rows: pd.DataFrame) -> None:
+    """One facet's matrix with each solver's run time, in as many tables as fit."""
+    matrix = leaderboard.matrix(rows)
+    times = rows.groupby("solver")["time_run_median"].median()
+    matrix["time per run"] = matrix["solver"].map(times).map(_seconds)
+    for note, table in _fitted(matrix, axis):
+        doc.table(table, _matrix_colours(table),
+                  caption="; ".join(filter(None, [facet, note])) or None)
+
+
+#: the most value columns (dimensions, data sets or solvers) a summary matrix shows side
+#: by side: about what fits a 1400 px window beside the labels and the totals
+MAX_GROUP_COLUMNS = 8
+#: the per-solver totals after the group columns of a summary matrix
+TOTAL_COLUMNS = ("wins", "mean rank", "failures", "time per run")
+
+
+def _group_parameters(group: str) -> dict[str, str]:
+    """``dataset=german, protocol=study`` → ``{"dataset": "german", "protocol": "study"}``."""
+    # group_labels joins name=value pairs with ", "; "all" (nothing varies) has none
+    return dict(p.split("=", 1) for p in str(group).split(", ") if "=" in p)
+
+
+def _facets(part: pd.DataFrame) -> list[tuple[str, str | None, pd.DataFrame]]:
+    """One (task, metric)'s board rows as tables over a single task parameter.
+
+    With several varying parameters (data set, protocol, state) the one with the most
+    values is the tables' axis and each combination of the others a table of its own:
+    ``dataset=german, protocol=study, state=centred`` is the group ``dataset=german`` of
+    the table ``protocol=study, state=centred``.
+
+    Returns
+    -------
+    list of (facet, axis, rows)
+        ``facet`` names the table ('' when there is one), ``axis`` the parameter (None
+        when nothing varies), ``rows`` the board rows with ``group`` = the axis value.
+    """
+    params = part["group"].map(_group_parameters)
+    names = list(dict.fromkeys(name for p in params for name in p))
+    if len(names) < 2:
+        return [("", names[0] if names else None, part)]
+    axis = max(names, key=lambda name: params.map(lambda p: p.get(name)).nunique())
+    facet = params.map(lambda p: ", ".join(f"{k}={v}" for k, v in p.items() if k != axis))
+    group = params.map(lambda p: f"{axis}={p.get(axis)}")
+    return [(label, axis, part[facet == label].assign(group=group[facet == label]))
+            for label in sorted(facet.unique(), key=aggregate.natural_key)]
+
+
+def _fitted(matrix: pd.DataFrame, axis: str | None) -> list[tuple[str, pd.DataFrame]]:
+    """A summary matrix as tables of at most :data:`MAX_GROUP_COLUMNS` value columns.
+
+    A matrix wider than tall (nine data sets, four solvers) whose solvers fit across is
+    turned: groups down, solvers across, the totals as its last rows. Any other matrix
+    with too many groups keeps solvers down (as the rest of the report) and is cut into
+    balanced blocks of groups, each with the solver names; the totals follow the first.
+
+    Returns
+    -------
+    list of (note, table)
+        ``note`` says which block a table is ('' for a matrix shown whole).
+    """
+    groups = [c for c in matrix.columns if c not in ("solver", *TOTAL_COLUMNS)]
+    if len(matrix) < len(groups) and len(matrix) <= MAX_GROUP_COLUMNS:
+        return [("", _turned(matrix, axis, groups))]
+    totals = [c for c in TOTAL_COLUMNS if c in matrix.columns]
+    return _blocks(matrix, groups, totals)
+
+
+def _turned(matrix: pd.DataFrame, axis: str | None, groups: list[str]) -> pd.DataFrame:
+    """Groups × solvers: ``matrix`` transposed, its totals the last rows."""
+    body = matrix.set_index("solver").T.rename_axis(columns=None)
+    # the first column names the axis, so its cells need only the values
+    labels = [str(g).split("=", 1)[-1] if g in groups else g for g in body.index]
+    return body.set_axis(labels).rename_axis(axis or "group").reset_index()
+
+
+def _blocks(matrix: pd.DataFrame, groups: list[str],
+            totals: list[str]) -> list[tuple[str, pd.DataFrame]]:
+    """``matrix`` cut into balanced blocks of ``groups``, each after the solver names;
+    the ``totals`` (over every group) follow the first block: the answer comes first."""
+    n_blocks = -(-len(groups) // MAX_GROUP_COLUMNS)
+    if n_blocks <= 1:
+        return [("", matrix)]
+    out = []
+    for i, block in enumerate(np.array_split(np.arange(len(groups)), n_blocks)):
+        chosen = [groups[j] for j in block]
+        note = f"{chosen[0]} to {chosen[-1]} (part {i + 1} of {n_blocks})"
+        if i == 0:
+            note += f", with the totals over all {len(groups)} groups"
+            chosen += totals
+        out.append((note, matrix[["solver", *chosen]]))
+    return out
 
 
 def _seconds(value: float) -> str:
@@ -415,14 +537,10 @@ def _figures(doc: _Document, task: str, frame: pd.DataFrame, metrics: list[str])
         data = ok.assign(**{"task.dim": pd.to_numeric(ok["task.dim"])})
         times = _times_to_show(data)
         for metric in estimators + [m for m in ("energy",) if m in metrics]:
-            log = metric != "energy"
-            _figure_vs(doc, data[data["t"].isin(times)], palette, "task.dim", "t", metric, log,
-                       f"{task}_{metric}_dim",
-                       f"{task}: median {'log10 ' if log else ''}"
-                       f"{aggregate.metric_title(metric)} against the dimension, one panel per "
-                       "time, band = interquartile range over seeds"
-                       + (" (values <= 0, such as the oracle's exact 0, cannot be drawn)."
-                          if log else "."))
+            _figure_vs(doc, data[data["t"].isin(times)], palette, "task.dim", "t", metric,
+                       _symlog_metric(metric), f"{task}_{metric}_dim",
+                       f"{task}: median {aggregate.metric_title(metric)} against the "
+                       "dimension, one panel per time, band = interquartile range over seeds.")
         if data["t"].nunique() > 1:
             dims = sorted(data["task.dim"].unique())
             if len(dims) > MAX_TIMES:
@@ -430,8 +548,8 @@ def _figures(doc: _Document, task: str, frame: pd.DataFrame, metrics: list[str])
                         .astype(int)]
             for metric in estimators:
                 _figure_vs(doc, data[data["task.dim"].isin(dims)], palette, "t", "task.dim",
-                           metric, True, f"{task}_{metric}_t",
-                           f"{task}: median log10 {aggregate.metric_title(metric)} against t, "
+                           metric, _symlog_metric(metric), f"{task}_{metric}_t",
+                           f"{task}: median {aggregate.metric_title(metric)} against t, "
                            f"one panel per dimension ({', '.join(str(int(d)) for d in dims)}).")
     for metric in leaderboard.ranking_metrics(task, frame):
         _cost_figure(doc, frame, palette, metric, f"{task}_{metric}_cost")
@@ -451,11 +569,12 @@ def _times_to_show(frame: pd.DataFrame) -> list[float]:
 
 def _figure_vs(doc: _Document, frame: pd.DataFrame, palette: dict, x: str, facet: str, y: str,
                log: bool, name: str, caption: str) -> None:
+    """Median ``y`` against ``x`` per solver, one panel per ``facet`` value; ``log`` puts
+    ``y`` on a symlog axis (values at or below 0 are drawn, not dropped)."""
     plt, sns = _plt()
     data = frame.assign(**{y: pd.to_numeric(frame[y], errors="coerce")}).dropna(subset=[y, x])
+    n_infinite = int((~np.isfinite(data[y])).sum())
     data = data[np.isfinite(data[y])]
-    if log:
-        data = data[data[y] > 0].assign(**{y: lambda d: np.log10(d[y])})
     if data.empty or data[x].nunique() < 2:
         return
     facets = sorted(data[facet].unique())
@@ -468,7 +587,10 @@ def _figure_vs(doc: _Document, frame: pd.DataFrame, palette: dict, x: str, facet
                      errorbar=("pi", 50), marker="o", ax=ax, legend=False)
         ax.set_title(f"{facet.replace('task.', '')} = {aggregate.format_number(value)}")
         ax.set_xlabel(x.replace("task.", ""))
-        ax.set_ylabel(("log10 " if log else "") + aggregate.metric_title(y))
+        ax.set_ylabel(aggregate.metric_title(y) + (" (symlog)" if log else ""))
+    if log:
+        caption += _symlog_axes(axes[0], data[y], data.get(f"{y}_se"), "values")
+    caption += _not_shown(n_infinite, "runs with an infinite value")
     handles = [plt.Line2D([], [], color=palette[label], marker="o", label=label)
                for label in labels]
     axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1.0), loc="upper left",
@@ -478,18 +600,21 @@ def _figure_vs(doc: _Document, frame: pd.DataFrame, palette: dict, x: str, facet
 
 def _cost_figure(doc: _Document, frame: pd.DataFrame, palette: dict, metric: str,
                  name: str) -> None:
-    """Median metric against median run time, log–log, one colour per solver, points
-    marked by their dimension (or data set)."""
+    """Median metric against median run time (log axis), one colour per solver, points
+    marked by their dimension (or data set); a divergence on a symlog axis, a predictive
+    metric (accuracy, log-likelihood: any sign) on a linear one."""
     plt, sns = _plt()
     ok = frame[frame["status"] == "ok"]
     ok = aggregate.final_time_rows(ok.assign(group=aggregate.group_labels(ok)))
     data = ok.assign(value=pd.to_numeric(ok[metric], errors="coerce"),
                      seconds=pd.to_numeric(ok["time_run"], errors="coerce")
                      + pd.to_numeric(ok["time_setup"], errors="coerce"))
-    data = data[np.isfinite(data["value"]) & (data["seconds"] > 0)]
-    # medians of every value first: dropping the noise below 0 before would bias them up
+    data = data.dropna(subset=["value"])
+    # medians of every value (∞ included) first: dropping values before would bias them
     data = data.groupby(["label", "group"], as_index=False)[["value", "seconds"]].median()
-    data = data[data["value"] > 0]
+    drawable = np.isfinite(data["value"]) & (data["seconds"] > 0)
+    n_hidden = int((~drawable).sum())
+    data = data[drawable]
     if data.empty:
         return
     fig, ax = plt.subplots(figsize=(6.8, 4.4))
@@ -502,15 +627,68 @@ def _cost_figure(doc: _Document, frame: pd.DataFrame, palette: dict, metric: str
             ax.annotate(_short_group(row["group"]), (row["seconds"], row["value"]),
                         fontsize=6, xytext=(2, 2), textcoords="offset points",
                         color=palette[label])
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("median time per run (set-up + solve) [s]")
+    ax.set_xscale("log")  # run times span milliseconds to minutes
+    ax.set_xlabel("median time per run (set-up + solve) [s], log scale")
     ax.set_ylabel(f"median {aggregate.metric_title(metric)}")
     ax.legend(bbox_to_anchor=(1.02, 1.0), loc="upper left", fontsize="small", title="solver")
-    doc.figure(fig, name, f"Cost–accuracy: {aggregate.metric_title(metric)} against time per "
-                          "run, log–log; one colour per solver, each point one dimension or "
-                          "data set (its label), median over seeds at the ranking time; "
-                          "values <= 0 cannot be drawn.")
+    caption = (f"Cost–accuracy: {aggregate.metric_title(metric)} against time per run (log "
+               "axis); one colour per solver, each point one dimension or data set (its "
+               "label), median over seeds at the ranking time.")
+    if _symlog_metric(metric):
+        ax.set_ylabel(f"median {aggregate.metric_title(metric)} (symlog)")
+        caption += _symlog_axes([ax], data["value"], ok.get(f"{metric}_se"), "medians")
+    else:
+        caption += f" The {aggregate.metric_title(metric)} axis is linear."
+    doc.figure(fig, name, caption + _not_shown(n_hidden, "entries with an infinite median "
+                                                         "or no run time"))
+
+
+def _symlog_metric(metric: str) -> bool:
+    """Whether ``metric`` is drawn on a symlog axis: a divergence or error (best value 0),
+    whose values span decades and whose unbiased estimates read 0 ± noise near 0."""
+    return aggregate.lower_is_better(metric) and aggregate.metric_lower_bound(metric) == 0
+
+
+def _linear_threshold(values: pd.Series, se: pd.Series | None) -> tuple[float, str]:
+    """Where a symlog axis turns linear, and why there.
+
+    The values' median Monte Carlo standard error: within it of 0 a value is noise
+    around 0, which a log scale would stretch over decades. A deterministic metric
+    (no standard error) turns at its smallest positive value, so that every positive
+    value is drawn logarithmically. Either is rounded to a power of ten (the standard
+    error to the nearest, the smallest value down).
+    """
+    se = pd.to_numeric(se, errors="coerce") if se is not None else pd.Series(dtype=float)
+    se = se[np.isfinite(se) & (se > 0)]
+    positive = values[np.isfinite(values) & (values > 0)]
+    if len(se):
+        value = float(se.median())
+        why, rounding = "the median Monte Carlo standard error", np.round
+    elif len(positive):
+        # rounded down: the smallest value must stay on the logarithmic part
+        value, why, rounding = float(positive.min()), "the smallest positive value", np.floor
+    else:
+        return 1.0, "no value above 0"
+    # a power of ten: the axis's decade ticks then start where it turns
+    threshold = float(10.0 ** rounding(np.log10(value)))
+    return threshold, f"{why}, {value:.1g}, to a power of ten"
+
+
+def _symlog_axes(axes, values: pd.Series, se: pd.Series | None, what: str) -> str:
+    """Put ``axes`` on one symlog y scale for ``values``; the caption's sentence on it."""
+    threshold, why = _linear_threshold(values, se)
+    for ax in axes:
+        ax.set_yscale("symlog", linthresh=threshold)
+        ax.axhspan(-threshold, threshold, color="0.93", lw=0, zorder=0)
+    n_low = int((values <= 0).sum())
+    text = (f" Symlog axis: linear within ±{threshold:g} (grey band; "
+            f"{why}), logarithmic beyond")
+    return text + (f", so the {n_low} {what} ≤ 0 are drawn too." if n_low else ".")
+
+
+def _not_shown(count: int, what: str) -> str:
+    """The caption's count of what a figure could not draw ('' when nothing)."""
+    return f" Not shown: {what} ({count})." if count else ""
 
 
 def _short_group(group: str) -> str:
@@ -591,16 +769,19 @@ def _density_figures(doc: _Document, frame: pd.DataFrame, task: str, palette: di
     metric = "symkl_grid" if "symkl_grid" in ok else "symkl"
     values = ok[ok["t"] == t_final].assign(symkl=pd.to_numeric(ok[metric], errors="coerce"))
     values = values.dropna(subset=["symkl"])
-    values = values[values["symkl"] > 0]
+    n_infinite = int(np.isinf(values["symkl"]).sum())
+    values = values[np.isfinite(values["symkl"])]
     if values["label"].nunique() >= 1 and len(values) > 1:
         fig, ax = plt.subplots(figsize=(6.5, 3.4))
-        sns.boxplot(data=values, x="label", y="symkl", ax=ax, color="0.8", log_scale=True)
+        sns.boxplot(data=values, x="label", y="symkl", ax=ax, color="0.8")
         sns.stripplot(data=values, x="label", y="symkl", ax=ax, size=3, color="k")
         ax.set_xlabel("")
         ax.tick_params(axis="x", rotation=30)
-        ax.set_ylabel(aggregate.metric_title(metric))
-        doc.figure(fig, f"{task}_symkl_box", f"{task}: {aggregate.metric_title(metric)} to the "
-                                             "reference over seeds.")
+        ax.set_ylabel(aggregate.metric_title(metric) + " (symlog)")
+        caption = (f"{task}: {aggregate.metric_title(metric)} to the reference over seeds."
+                   + _symlog_axes([ax], values["symkl"], values.get(f"{metric}_se"), "values")
+                   + _not_shown(n_infinite, "infinite values"))
+        doc.figure(fig, f"{task}_symkl_box", caption)
 
 
 #: what each ``bayesian_logreg`` protocol means, for the table headings
@@ -736,7 +917,10 @@ def _failures(doc: _Document, frame: pd.DataFrame, info: dict) -> None:
 HTML_HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>gfbench report</title>
 <style>body{font-family:system-ui,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;
 line-height:1.4}table{border-collapse:collapse;font-size:0.76em;margin:0.6em 0}
-td,th{border-bottom:1px solid #ddd;padding:2px 5px;text-align:left;white-space:nowrap}
+td,th{border-bottom:1px solid #ddd;padding:2px 5px;text-align:left;vertical-align:top}
+.matrix td,.matrix th{white-space:nowrap}p.caption{font-weight:600;margin:0.9em 0 0}
+.facets{display:flex;flex-wrap:wrap;gap:0 2.5em;align-items:flex-start}.facet{max-width:100%}
+.facet>p.caption:first-child{margin-top:0.3em}
 th{position:sticky;top:0;background:#fafafa}.wide{overflow-x:auto;max-width:100%}
 figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}
 details{margin:0.4em 0}summary{cursor:pointer;color:#235}nav ul{columns:2}</style>

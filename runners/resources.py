@@ -9,6 +9,9 @@
 - :func:`limit_memory`: an address-space cap for the run process (and what
   it forks), so that a runaway solver gets a MemoryError, not the host's
   OOM killer.
+- :func:`run_processes` / :func:`kill_run`: every process a run started,
+  found by descent (the run process is a child subreaper) and not only by
+  process group, measured together and killed together.
 """
 from __future__ import annotations
 
@@ -111,11 +114,25 @@ def cap_jobs(requested: int, n_runs: int, max_memory: int | None = None) -> tupl
     return used, f"-j {requested} reduced to {used} ({binding})"
 
 
-# --- process groups ---------------------------------------------------------------------------
-def group_members(pgid: int) -> list[int]:
-    """Pids of the live processes in process group ``pgid`` (Linux /proc scan)."""
-    members = []
-    for entry in os.listdir("/proc"):
+# --- process trees ----------------------------------------------------------------------------
+# A run is every process it started, not only its process group: a solver's child may leave
+# the group (setsid, start_new_session=True) or be orphaned by an intermediate that exits
+# (a daemon's double fork). Run processes are child subreapers, so such orphans stay their
+# descendants; a supervisor also remembers every process it saw (pid and start time), which
+# finds the ones a run process that already ended left behind.
+
+def process_table() -> dict[int, tuple[int, int, str]]:
+    """Live processes (zombies left out): pid -> (parent pid, process group, start time).
+
+    Read from /proc (Linux); the start time (clock ticks since boot) tells a process
+    from a later one that got its pid again. Empty where /proc is missing.
+    """
+    table = {}
+    try:
+        entries = os.listdir("/proc")
+    except OSError:
+        return table
+    for entry in entries:
         if not entry.isdigit():
             continue
         try:
@@ -125,16 +142,43 @@ def group_members(pgid: int) -> list[int]:
             continue
         # fields after the command name (which may contain spaces): state ppid pgrp ...
         fields = stat[stat.rfind(")") + 2:].split()
-        if len(fields) > 2 and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry))
-    return members
+        if len(fields) > 19 and fields[0] not in ("Z", "X"):
+            table[int(entry)] = (int(fields[1]), int(fields[2]), fields[19])
+    return table
 
 
-def group_rss_bytes(pgid: int) -> int:
-    """Resident memory of every process in group ``pgid``."""
+def run_processes(root: int, seen: dict[int, str] | None = None,
+                  table: dict[int, tuple[int, int, str]] | None = None) -> dict[int, str]:
+    """Every live process of the run whose process is ``root``: pid -> start time.
+
+    That is ``root``, the members of its process group, the processes in
+    ``seen`` that still live with the start time recorded there, and all their
+    descendants. ``root`` itself counts only if ``seen`` does not record it
+    with another start time (its pid taken by a new process).
+    """
+    table = process_table() if table is None else table
+    seen = seen or {}
+    starts = [pid for pid, start in seen.items() if pid in table and table[pid][2] == start]
+    if root in table and seen.get(root, table[root][2]) == table[root][2]:
+        starts.append(root)
+    starts += [pid for pid, (_, pgrp, _) in table.items() if pgrp == root]
+    children: dict[int, list[int]] = {}
+    for pid, (ppid, _, _) in table.items():
+        children.setdefault(ppid, []).append(pid)
+    found, stack = {}, starts
+    while stack:
+        pid = stack.pop()
+        if pid not in found:
+            found[pid] = table[pid][2]
+            stack.extend(children.get(pid, ()))
+    return found
+
+
+def rss_bytes(pids) -> int:
+    """Resident memory of the processes ``pids`` together (those gone count 0)."""
     page = os.sysconf("SC_PAGE_SIZE")
     total = 0
-    for pid in group_members(pgid):
+    for pid in pids:
         try:
             with open(f"/proc/{pid}/statm") as handle:
                 total += int(handle.read().split()[1]) * page
@@ -143,24 +187,69 @@ def group_rss_bytes(pgid: int) -> int:
     return total
 
 
-def kill_group(pgid: int) -> None:
-    """SIGKILL every process of group ``pgid`` (none left is fine)."""
-    import signal
-
+def _signal(pid: int, signum: int) -> None:
     try:
-        os.killpg(pgid, signal.SIGKILL)
+        os.kill(pid, signum)
     except (ProcessLookupError, PermissionError):
         pass
 
 
-def die_with_parent() -> None:
-    """Ask the kernel to SIGKILL this process when its parent dies (Linux; else a no-op)."""
+def kill_run(root: int, seen: dict[int, str] | None = None, spare: int | None = None) -> int:
+    """SIGKILL every process of a run (:func:`run_processes`) but ``spare``; how many.
+
+    They are stopped first, in rounds until no new one appears, then killed:
+    a stopped process cannot start another between a scan and the kill, so
+    a solver forking as fast as it can is caught too. ``spare`` (a run
+    process cleaning up after itself, a forkserver) is neither stopped nor
+    killed, nor is its group signalled.
+    """
     import signal
 
+    stopped: dict[int, str] = {}
+    for _ in range(100):  # bounded: each round freezes every process the last one missed
+        new = {pid: start for pid, start in run_processes(root, {**(seen or {}), **stopped}).items()
+               if pid not in stopped and pid != spare}
+        if not new:
+            break
+        for pid in new:
+            _signal(pid, signal.SIGSTOP)
+        stopped.update(new)
+    for pid in stopped:
+        _signal(pid, signal.SIGKILL)
+    if spare is None:
+        try:
+            os.killpg(root, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    return len(stopped)
+
+
+def _prctl(option: int, value: int) -> bool:
+    """``prctl(option, value)`` (Linux; False elsewhere or when it fails)."""
     name = ctypes.util.find_library("c")
     if not name or os.uname().sysname != "Linux":
-        return
+        return False
     try:
-        ctypes.CDLL(name).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG = 1
+        return ctypes.CDLL(name, use_errno=True).prctl(option, value, 0, 0, 0) == 0
     except (OSError, AttributeError):
-        pass
+        return False
+
+
+def become_subreaper() -> bool:
+    """Adopt this process's orphaned descendants (PR_SET_CHILD_SUBREAPER, Linux).
+
+    A process whose parent exits is re-parented to its nearest subreaper
+    ancestor instead of init, so whatever a run starts stays in its tree.
+    """
+    return _prctl(36, 1)  # PR_SET_CHILD_SUBREAPER
+
+
+def die_with_parent() -> bool:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; else a no-op).
+
+    Strictly: when the parent *thread* that forked it ends, so only call it
+    where that thread lives as long as its process.
+    """
+    import signal
+
+    return _prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG

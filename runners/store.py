@@ -17,6 +17,7 @@ import json
 import math
 import os
 import socket
+import stat
 import tempfile
 import time
 from pathlib import Path
@@ -147,13 +148,30 @@ def write_run(out: Path, spec: dict, rows: list[dict]) -> Path:
     return path
 
 
+#: a run file larger than this is not one gfbench wrote (the largest committed is ~60 KB)
+MAX_RUN_BYTES = 64 * 2**20
+
+
+def is_run_file(path: Path) -> bool:
+    """Whether ``path`` may be read as a run file: a regular file (not a link, FIFO or
+    device: a link to /dev/zero would be read forever) of at most :data:`MAX_RUN_BYTES`."""
+    try:
+        info = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(info.st_mode) and info.st_size <= MAX_RUN_BYTES
+
+
 def read_run(path: Path) -> dict | None:
-    """A run file's payload, or None when it is corrupt, partial or foreign.
+    """A run file's payload, or None when it is corrupt, partial, foreign or not a
+    bounded regular file (:func:`is_run_file`).
 
     Beyond its checksum, a payload must have the shape the readers rely on:
     a spec with the run's id and times, and one row (a mapping with a known
     status and a numeric time) per evaluation time.
     """
+    if not is_run_file(path):
+        return None
     try:
         payload = json.loads(Path(path).read_text())
         ok = (isinstance(payload, dict) and payload.get("format") == FORMAT
@@ -377,7 +395,8 @@ class Claim:
         a half-written claim), and the link fails if a claim exists.
         """
         path = runs_dir(out) / f".{run_id}.claim"
-        owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname()})
+        owner = json.dumps({"pid": os.getpid(), "host": socket.gethostname(),
+                            "start": process_start(os.getpid()), "boot": _boot_id()})
         for _ in range(2):
             try:
                 fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=_temp_prefix(path),
@@ -395,6 +414,8 @@ class Claim:
                     path.unlink()
                 except FileNotFoundError:
                     pass
+                except OSError:
+                    return cls(path)  # not removable (a directory): claims are a courtesy
                 continue
             except OSError:
                 return cls(path)  # claims are a courtesy: an unwritable one does not stop a run
@@ -414,14 +435,56 @@ class Claim:
             pass
 
 
-def _claim_is_stale(path: Path) -> bool:
+def process_start(pid: int) -> str:
+    """When process ``pid`` started (clock ticks since boot, /proc), '' where unknown.
+
+    A pid alone does not name a process: after a restart the pid in an old
+    claim is often alive again (1, in a container) as another process.
+    """
     try:
-        owner = json.loads(path.read_text())
-        age = time.time() - path.stat().st_mtime
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2:].split()[19]  # field 22: starttime
+    except (OSError, ValueError, IndexError):
+        return ""
+
+
+def _boot_id() -> str:
+    try:
+        return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+    except OSError:
+        return ""
+
+
+def claim_owner(path: Path) -> dict:
+    """The owner a claim file names ({} when unreadable)."""
+    try:
+        owner = json.loads(Path(path).read_text())
     except (OSError, ValueError):
+        return {}
+    return owner if isinstance(owner, dict) else {}
+
+
+def _claim_is_stale(path: Path) -> bool:
+    """A claim is stale when its owner is gone: on this host, its pid is not alive, or is
+    alive as another process (other start time, or another boot); elsewhere, it was not
+    refreshed for :data:`CLAIM_STALE_S`. A claim path that is not a regular file is stale."""
+    try:
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return True
+        age = time.time() - path.stat().st_mtime
+    except OSError:
         return True
-    if not isinstance(owner, dict):
+    owner = claim_owner(path)
+    if not owner:
         return True
     if owner.get("host") == socket.gethostname():
-        return not _pid_alive(int(owner.get("pid", -1)))
+        try:
+            pid = int(owner.get("pid", -1))
+        except (TypeError, ValueError):
+            return True
+        if pid <= 0 or not _pid_alive(pid):
+            return True
+        if owner.get("boot") and owner.get("boot") != _boot_id():
+            return True
+        return bool(owner.get("start")) and owner.get("start") != process_start(pid)
     return age > CLAIM_STALE_S

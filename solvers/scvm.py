@@ -82,6 +82,13 @@ raises the step count to ceil(λ / 2.5) per unit time where that exceeds
 ``ode_steps`` (73 / 52 / 37 on those three; the mixtures' λ ≤ 65 keep 32) —
 what Dopri5's step control does by itself. The rows' ``info`` records λ
 (``stiffness``) and the steps used. Data posteriors keep ``skip``'s rule below.
+The raise stops at ``MAX_RAISED_STEPS`` = 512 per unit time (λ ≈ 1280): a
+task that needs more is refused in ``setup`` with the step count and its cost
+in the message (set ``ode_steps`` that high to run it anyway), so that no run
+trains and evaluates for hours with a step count nobody chose: the cost of
+everything grows linearly with the steps, and the estimate grows as
+max |x|² over the ρ0 draws for a quartic Φ (λ = 12x² − 4 per coordinate of
+the double well: N(0, 4I) starts already give λ ≈ 730, i.e. 291 steps).
 ``draw(n, rng)`` pushes fresh ρ0 draws forward integrating dℓ/dt = −div v_θ
 (exact divergence) from ℓ(0) = 0, and returns log ρ0(x0) + ℓ(t) (added in
 float64). ``log_density(y)`` integrates x and ℓ backwards from (t, y) with
@@ -152,8 +159,37 @@ backward, ∝ B·(K + 1)·D·width². The loss dominates from D ≈ 4: at the
 defaults on one thread ≈ 0.05 s per iteration at D ≤ 2 and ≈ 0.13 s at
 D = 12 (run times above). Evaluation: one ``draw`` or ``log_density`` of n
 points at time t costs n·ceil(t·ode_steps)·4 evaluations with D tangent rows
-(8192 points at t = 1 and D = 12: ≈ 8 s); ``samples`` (``n_samples``, no
-density) are cheap. Memory grows with B·(K + 1)·D·width (the saved tangents).
+(8192 points at t = 1 and D = 12: ≈ 8 s; at D = 2, 32 steps: 2000 points in
+0.3–1.4 s on a loaded core, on tasks/double_well.py as on the tilted well of
+tests/test_generic_potentials.py, at reference points and at points 30× further
+out alike); ``samples`` (``n_samples``, no density) are cheap. Bounded: with the
+step count at most max(ode_steps, 512) per unit time, an evaluation of n
+points at t costs at most n·ceil(t·max(ode_steps, 512))·4 network
+evaluations, 16× the default's. The self-consistency check (below) adds 3 × 256
+trajectories per output time: 1.1 / 1.2 s at D = 2 / 12 and t = 1 (one loaded
+core, where a log-density of 8192 points took 6.6 / 19.6 s). Memory grows with B·(K + 1)·D·width (the saved
+tangents).
+
+Self-diagnostics (``info["diagnostics"]``, no reference used)
+-------------------------------------------------------------
+``self_consistency`` (median) and ``self_consistency_l2``: the relative
+residuals of v_θ = b − β⁻¹∇log ρ^θ_t at 256 fresh draws of the returned law
+(:meth:`Scvm.self_consistency`; 0 for the exact flow, ~1 for a velocity that
+misses the score). ``ibp_loss``: the last 5 % of iterations' mean IBP loss
+(E|v − v*|² up to a constant of the task: it compares runs of one task
+only). ``ode_steps_per_unit``: the RK4 steps used. Measured (median; t = 0.5,
+and 1 where given): OU D = 2 (the tests' tiny configuration) 0.025; the tilted
+2-D double well of tests/test_generic_potentials.py (width 32, batch 128)
+after 100 iterations, whose flow keeps its mass in the start well (left-well
+mass 0.921 against 0.829), 0.89, and after 500 iterations (0.829 / 0.780
+against 0.829 / 0.770) 0.25; the rotated double well of tasks/double_well.py
+(D = 2, β = 2) after 300 iterations, stuck in the start well (right-well mass
+1.00 against 0.93, KL(ref‖solver) ≈ 1.5), 0.61 / 0.67, and with the defaults
+(1000 iterations: 0.942 / 0.189 against 0.932 / 0.190 at t = 0.5, 0.06 off at
+t = 1) 0.25 / 0.35. So ≳ 0.5 flags a failed flow, ≲ 0.3 a usable one on these
+wells. The failure there is training length, not the ODE (32 steps per unit
+time, stiffness 34): the cosine schedule over 300 iterations has decayed before
+the barrier crossing is learnt.
 
 Tasks
 -----
@@ -203,7 +239,7 @@ import numpy as np
 import torch
 
 from solvers.base import (GPU, IID_DENSITY, LOG_DENSITY, SAMPLES, Solver, SolverResult,
-                          require_positive)
+                          random_directions, require_positive, self_consistency_residual)
 
 Params = dict[str, torch.Tensor]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
@@ -226,8 +262,14 @@ DATA_TASK_MIN_ODE_STEPS = 128
 #: largest |eigenvalue| of ∇²Φ (RK4's stability interval on the real axis is hλ < 2.785;
 #: 2.5 keeps a margin for the learned field's own Jacobian)
 RK4_STEP_LAMBDA = 2.5
+#: the most RK4 steps per unit time the stiffness rule raises ``ode_steps`` to (16x the
+#: default 32; OU's stiffest instances need 73): above it setup refuses the task, naming
+#: the step count and its cost, unless ``ode_steps`` is set that high by hand
+MAX_RAISED_STEPS = 512
 #: ρ0 draws and power iterations of the stiffness estimate
 STIFFNESS_POINTS, STIFFNESS_ITERS = 256, 30
+#: fresh draws of the self-consistency check at every output time (3 trajectories each)
+CHECK_POINTS = 256
 
 
 def _has_data_minibatches(task: Any) -> bool:
@@ -594,8 +636,10 @@ class Scvm(Solver):
             raise ValueError(f"solver 'scvm': needs a positive evaluation time, got {times}")
         self.device, self.dtype = context.device, DTYPES[p["dtype"]]
         self.progress = context.progress
-        # a fifth child for the stiffness estimate leaves the first four streams unchanged
-        train_seed, init_seed, probe_seed, result_seed, stiff_seed = seed.spawn(5)
+        # a fifth child (stiffness estimate) and a sixth (self-consistency check) leave the
+        # first four streams unchanged
+        train_seed, init_seed, probe_seed, result_seed, stiff_seed, check_seed = seed.spawn(6)
+        self.check_rng = np.random.default_rng(check_seed)
         self.rng = np.random.default_rng(train_seed)
         self.result_rng = np.random.default_rng(result_seed)
         init_gen = torch.Generator().manual_seed(int(init_seed.generate_state(1)[0]))
@@ -609,8 +653,16 @@ class Scvm(Solver):
                           else drift_stiffness(task, np.random.default_rng(stiff_seed)))
         self.steps_per_unit = int(p["ode_steps"])
         if math.isfinite(self.stiffness):
-            self.steps_per_unit = max(self.steps_per_unit,
-                                      math.ceil(self.stiffness / RK4_STEP_LAMBDA))
+            needed = math.ceil(self.stiffness / RK4_STEP_LAMBDA)
+            if needed > max(self.steps_per_unit, MAX_RAISED_STEPS):
+                # fail in seconds rather than train and evaluate for hours (module doc)
+                raise ValueError(
+                    f"scvm: the drift's stiffness λ ≈ {self.stiffness:.4g} (largest |eig ∇²Φ| "
+                    f"at ρ0 draws) needs {needed} RK4 steps per unit time, above the "
+                    f"{MAX_RAISED_STEPS} it raises to by itself; a draw or log-density of n "
+                    f"points to time t costs n·ceil(t·{needed})·4 network evaluations. Set "
+                    f"ode_steps >= {needed} to run it anyway")
+            self.steps_per_unit = max(self.steps_per_unit, needed)
 
     def _tensor(self, a: np.ndarray) -> torch.Tensor:
         return torch.as_tensor(np.asarray(a), dtype=self.dtype, device=self.device)
@@ -726,6 +778,40 @@ class Scvm(Solver):
                 out_l[s:s + rows] = lc.cpu().double().numpy()
         return out, out_l
 
+    def self_consistency(self, t: float, n: int = CHECK_POINTS) -> dict[str, float]:
+        """Relative self-consistency residuals of the learned flow at time ``t``.
+
+        The flow solves the equation iff v_θ = b − β⁻¹∇log ρ^θ_t on ρ^θ_t, and
+        then (ρ0 given) the returned law is exact. At ``n`` fresh draws x ~ ρ^θ_t
+        and random unit directions e, the residuals
+        (:func:`solvers.base.self_consistency_residual`) compare e·v_θ with
+        e·b − β⁻¹∂_e log ρ^θ_t, ∂_e by central differences (step 1e-4) of the
+        solver's own log-density on a float64 copy of the network (rounding
+        ~1e-10, truncation ~1e-8). Costs 3n trajectories to t (one forward, two
+        backward with the divergence): 3 × 256 against the SymKL metric's
+        2 × 8192.
+        """
+        params = {k: v.double() for k, v in self.net.items()}
+        steps = steps_for(t, float(self.steps_per_unit))
+        as64 = lambda a: torch.as_tensor(a, dtype=torch.float64, device=self.device)  # noqa: E731
+        x, _ = rk4_path(params, as64(self.task.sample_initial(n, self.check_rng)), 0.0, t, steps)
+        e = as64(random_directions(n, self.task.dim, self.check_rng))
+        h = 1e-4
+
+        def log_rho(y: torch.Tensor) -> np.ndarray:
+            zero = torch.zeros(n, dtype=torch.float64, device=self.device)
+            back, change = rk4_path(params, y, t, 0.0, steps, zero)
+            return self.task.log_density_initial(back.cpu().numpy()) - change.cpu().numpy()
+
+        score_e = (log_rho(x + h * e) - log_rho(x - h * e)) / (2 * h)
+        with torch.no_grad():
+            feats = time_features(params, as64([t]))
+            v = velocity(params, x[None], feats)[0][0]
+            b = -self.task.grad_potential_torch(x)
+        return self_consistency_residual((v * e).sum(1).cpu().numpy(),
+                                         (b * e).sum(1).cpu().numpy(), score_e,
+                                         float(self.task.beta))
+
     def _result(self, t: float, info: dict) -> SolverResult:
         task = self.task
 
@@ -740,5 +826,8 @@ class Scvm(Solver):
 
         samples, _ = self.push(task.sample_initial(int(self.params["n_samples"]),
                                                    self.result_rng), t)
+        diagnostics = {"ibp_loss": info["final_loss"],
+                       "ode_steps_per_unit": float(self.steps_per_unit)}
+        diagnostics.update(self.self_consistency(t))
         return SolverResult(samples=samples, log_density=log_density, draw=draw,
-                            info=dict(info), law=IID_DENSITY)
+                            info=dict(info, diagnostics=diagnostics), law=IID_DENSITY)

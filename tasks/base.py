@@ -129,13 +129,23 @@ class Task(abc.ABC):
         self.params = dict(params)
 
     # --- potential -------------------------------------------------------
-    @abc.abstractmethod
+    # Only ``potential_torch`` is required: the numpy forms and the torch gradient
+    # default to it (float64, autograd), so a plugin task that writes Φ once in torch
+    # runs with every solver; tasks override them with closed forms where they have one.
     def potential(self, x: Array) -> Array:
-        """Φ at ``x (n, dim)`` -> ``(n,)``."""
+        """Φ at ``x (n, dim)`` -> ``(n,)``; by default ``potential_torch`` in float64."""
+        import torch
 
-    @abc.abstractmethod
+        with torch.no_grad():
+            xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
+            return self.potential_torch(xt).numpy()
+
     def grad_potential(self, x: Array) -> Array:
-        """∇Φ at ``x (n, dim)`` -> ``(n, dim)``."""
+        """∇Φ at ``x (n, dim)`` -> ``(n, dim)``; by default autograd of ``potential_torch``."""
+        import torch
+
+        xt = torch.as_tensor(np.asarray(x, dtype=np.float64))
+        return self.grad_potential_torch(xt).numpy()
 
     @abc.abstractmethod
     def potential_torch(self, x: "torch.Tensor", batch: Any = None) -> "torch.Tensor":  # noqa: F821
@@ -146,12 +156,19 @@ class Task(abc.ABC):
         """
 
     def grad_potential_torch(self, x: "torch.Tensor", batch: Any = None) -> "torch.Tensor":  # noqa: F821
-        """∇Φ for a torch tensor, by autograd unless a subclass does better."""
+        """∇Φ for a torch tensor, by autograd unless a subclass does better.
+
+        Differentiable when ``x`` requires grad (the graph is kept with
+        ``create_graph``), so second derivatives (∇²Φ, as SBTM's densities need)
+        can be taken through it; otherwise a plain, detached gradient.
+        """
         import torch
 
+        keep = x.requires_grad and torch.is_grad_enabled()
         with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self.potential_torch(xr, batch).sum(), xr)
+            xr = x if keep else x.detach().requires_grad_(True)
+            (g,) = torch.autograd.grad(self.potential_torch(xr, batch).sum(), xr,
+                                       create_graph=keep)
         return g
 
     def data_batch(self, size: int, rng: np.random.Generator) -> Any:

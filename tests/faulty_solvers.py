@@ -202,7 +202,7 @@ class _ExactWithLogDensity(_Base):
         return {t: self._result(self.task.reference(t)) for t in self.times}
 
     def _log(self, ref, x):
-        raise NotImplementedError
+        return ref.log_density(x)
 
     def _result(self, ref):
         def log_density(x):
@@ -236,3 +236,93 @@ class Huge(_ExactWithLogDensity):
 
     def _log(self, ref, x):
         return np.full(x.shape[0], 1e300)
+
+
+class SpawnsDaemon(_Base):
+    """Starts a ``sleep <tag>`` the way a daemon does: through an intermediate process that
+    exits at once, in a new session (``start_new_session=True``), so the sleep is neither
+    in the run's process group nor a child of the run process."""
+
+    name = "faulty_daemon"
+    parameters = {"n": [64], "delay": [0.0], "tag": ["304.25"]}
+
+    def run(self):
+        import subprocess
+        import sys
+
+        code = (f"import subprocess; subprocess.Popen(['sleep', '{self.params['tag']}'], "
+                "start_new_session=True)")
+        subprocess.run([sys.executable, "-c", code], check=True, start_new_session=True)
+        time.sleep(float(self.params["delay"]))
+        x = self._samples()
+        return {t: SolverResult(samples=x, law="particles") for t in self.times}
+
+
+class HogChild(_Base):
+    """Starts a child in a new session that holds ``mb`` megabytes (resident) for a minute,
+    then sleeps ``delay`` seconds itself: the run's memory is its child's."""
+
+    name = "faulty_hog_child"
+    parameters = {"n": [64], "mb": [800], "delay": [20.0], "tag": ["305.25"]}
+
+    def run(self):
+        import subprocess
+        import sys
+
+        # the tag rides in argv so that a test can look for the child by its command line
+        code = f"import time; block = bytes(1) * ({int(self.params['mb'])} << 20); time.sleep(60)"
+        subprocess.Popen([sys.executable, "-c", code, str(self.params["tag"])],
+                         start_new_session=True)
+        time.sleep(float(self.params["delay"]))
+        x = self._samples()
+        return {t: SolverResult(samples=x, law="particles") for t in self.times}
+
+
+class HoldsGil(_Base):
+    """Starts a ``sleep <tag>`` in a session of its own (with a tag), writes its pid to
+    ``$GFBENCH_TEST_PID_FILE.<pid>``, then sleeps ``delay`` seconds inside a C call that
+    keeps the GIL (libc ``sleep`` through ``ctypes.PyDLL``): no Python thread of the run
+    process — its watchdog included — runs meanwhile."""
+
+    name = "faulty_gil"
+    parameters = {"n": [64], "delay": [120], "tag": [""]}
+
+    def run(self):
+        import ctypes
+        import ctypes.util
+        import subprocess
+
+        if self.params["tag"]:
+            subprocess.Popen(["sleep", str(self.params["tag"])], start_new_session=True)
+        pid_file = os.environ.get("GFBENCH_TEST_PID_FILE")
+        if pid_file:
+            with open(f"{pid_file}.{os.getpid()}", "w") as handle:
+                handle.write(str(os.getpid()))
+        ctypes.PyDLL(ctypes.util.find_library("c")).sleep(int(self.params["delay"]))
+        x = self._samples()
+        return {t: SolverResult(samples=x, law="particles") for t in self.times}
+
+
+class DiskFull(_Base):
+    """Returns a good result, but the disk is 'full' when its run process writes it: the
+    run process's own ``store.atomic_write_text`` raises as on ENOSPC."""
+
+    name = "faulty_disk_full"
+
+    def run(self):
+        from runners import store
+
+        def full(path, text):
+            raise store.StoreError(f"cannot write {path}: No space left on device")
+
+        store.atomic_write_text = full  # this process only: the supervisor's writes work
+        x = self._samples()
+        return {t: SolverResult(samples=x, law="particles") for t in self.times}
+
+
+class Nameless(_Base):
+    """A plugin solver that forgot its ``name``."""
+
+    def run(self):
+        x = self._samples()
+        return {t: SolverResult(samples=x, law="particles") for t in self.times}

@@ -153,6 +153,12 @@ BAD = [
     (["run", "--task", "ou", "--solver", "exact", "--max-memory", "lots"], "memory size"),
     (["run", "--task", "ou", "--solver", "exact", "--backend", "dask", "--scheduler",
       "tcp://127.0.0.1:1"], "Dask scheduler"),
+    # plugins without a name, a limit no run can reach, a parameter that makes no sense
+    (["run", "--task", "faulty_tasks:Nameless", "--solver", "exact", "--dry-run"], "no name"),
+    (["run", "--task", "ou", "--solver", "faulty_solvers:Nameless", "--dry-run"], "no name"),
+    (["run", "--task", "ou", "--solver", "exact", "--max-memory", "64T"], "physical memory"),
+    (["run", "--task", "ou", "--solver", "sbtm", "-P", "sbtm.inner_steps=0",
+      "-P", "sbtm.quadratic=false", "--dry-run"], "inner_steps=0"),
 ]
 
 

@@ -200,7 +200,7 @@ def test_help_texts_have_descriptions_defaults_and_examples(capsys):
         main(["run", "--help"])
     text = capsys.readouterr().out
     text = " ".join(text.split())  # argparse wraps lines
-    for default in ("default 1", "default: all", "default: 80% of the machine's memory",
+    for default in ("default 1", "default: all", "(default: 80% of it",
                     "default gfbench-results", "one hour"):
         assert default in text, default
 

@@ -212,3 +212,138 @@ def test_the_studys_own_mixture_targets_get_its_published_median_beside_them():
     other = pd.Series({"task": "ou", "t": 4.0})
     assert report._published_for(other, published, pd.Series({"solver": "icnn_jko",
                                                               "task.dim": 10.0})) == ""
+
+
+# --- the report at a glance: tables that fit 1400 px, figures that drop nothing ------------
+def _board(task, metric, groups, solvers, failed=()):
+    """A ranked board (what ``build_leaderboard`` returns) without running anything:
+    ``failed`` names (group, solver) entries whose every run failed (ranked last)."""
+    rows = []
+    for group in groups:
+        for rank, solver in enumerate(solvers, start=1):
+            bad = (group, solver) in failed
+            rows.append({"task": task, "metric": metric, "group": group, "solver": solver,
+                         "rank": len(solvers) if bad else rank, "median": np.nan if bad
+                         else 0.5 + 0.01 * rank, "status": "error" if bad else "ok",
+                         "failed": int(bad), "time_run_median": 2.0})
+    return pd.DataFrame(rows)
+
+
+def _html_tables(html_text):
+    """Each HTML table's header cells, in order."""
+    import re
+
+    return [re.findall(r"<th>(.*?)</th>", head)
+            for head in re.findall(r"<thead>(.*?)</thead>", html_text)]
+
+
+def test_blr_summary_is_a_table_of_data_sets_by_solvers_per_protocol_and_state(tmp_path):
+    from runners import report
+
+    datasets = ["banana", "diabetis", "german", "image", "ringnorm", "twonorm", "waveform"]
+    groups = [f"dataset={d}, protocol={p}, state={s}" for d in datasets
+              for p in ("gfbench", "study") for s in ("centred", "non_centred")]
+    board = _board("bayesian_logreg", "test_accuracy", groups, ["svgd", "em", "icnn_jko"],
+                   failed={("dataset=german, protocol=study, state=centred", "icnn_jko")})
+    doc = report._Document(tmp_path)
+    report._summary(doc, board)
+    md, html_text = "\n".join(doc.md), "\n".join(doc.html)
+    # one table per (protocol, state), data sets down and solvers across
+    tables = _html_tables(html_text)
+    assert tables == [["dataset", "svgd", "em", "icnn_jko"]] * 4
+    for facet in ("protocol=gfbench, state=centred", "protocol=gfbench, state=non_centred",
+                  "protocol=study, state=centred", "protocol=study, state=non_centred"):
+        assert f"**{facet}**" in md and f'<p class="caption">{facet}</p>' in html_text
+    assert "| german | #1 0.51 | #2 0.52 | failed (#3) |" in md
+    assert any(line.startswith("| wins | 7/7 |") for line in md.splitlines())
+    # the colours survive the turn: rank 1 green, the failed entry red
+    assert f'style="background:{report.RANK_COLOURS[1]}">#1 0.51' in html_text
+    assert f'style="background:{report.FAILED_COLOUR}">failed (#3)' in html_text
+
+
+@pytest.mark.parametrize("n_groups, n_solvers", [(12, 14), (30, 3), (8, 12), (17, 9)])
+def test_no_summary_table_has_more_group_columns_than_fit(tmp_path, n_groups, n_solvers):
+    from runners import report
+
+    groups = [f"dim={d}" for d in range(1, n_groups + 1)]
+    solvers = [f"s{i}" for i in range(n_solvers)]
+    doc = report._Document(tmp_path)
+    report._summary(doc, _board("ou", "energy", groups, solvers))
+    tables = _html_tables("\n".join(doc.html))
+    totals = set(report.TOTAL_COLUMNS)
+    shown = []
+    for head in tables:
+        values = [c for c in head[1:] if c not in totals]
+        assert len(values) <= report.MAX_GROUP_COLUMNS, head
+        shown += values
+    turned = tables[0][0] == "dim"
+    # every group (or, turned, every solver) exactly once; the totals once, first
+    assert sorted(shown) == sorted(solvers if turned else groups)
+    assert turned == (n_solvers < n_groups and n_solvers <= report.MAX_GROUP_COLUMNS)
+    if not turned:
+        assert [bool(totals & set(head)) for head in tables] == [True] + [False] * (
+            len(tables) - 1)
+
+
+def test_figures_on_log_axes_draw_values_at_or_below_0_and_count_what_they_cannot(tmp_path):
+    from runners import report
+
+    # an unbiased energy distance near the oracle: 0 ± noise, half the medians below 0
+    rng = np.random.default_rng(0)
+    rows = [{"task": "ou", "task.dim": dim, "t": 1.0, "seed": seed, "status": "ok",
+             "solver": solver, "label": solver, "solver_config": "",
+             "energy": (0.05 * dim if solver == "bad" else 0.0) + rng.normal(0, 1e-3),
+             "energy_se": 1e-3, "time_run": 1.0 + dim, "time_setup": 0.1}
+            for dim in (1, 2, 4) for seed in range(3) for solver in ("exact", "em", "bad")]
+    frame = pd.DataFrame(rows)
+    frame.loc[(frame["solver"] == "bad") & (frame["task.dim"] == 4), "energy"] = np.inf
+    frame["task_config"] = "dim=" + frame["task.dim"].astype(str)
+    plt, sns = report._plt()
+    palette = report._palette(frame["label"], sns)
+    doc = report._Document(tmp_path)
+    report._cost_figure(doc, frame, palette, "energy", "cost")
+    report._figure_vs(doc, frame, palette, "task.dim", "t", "energy", True, "dim", "vs dim.")
+    cost, versus = [line for line in doc.md if line.startswith("![")]
+    n_low = int((frame.groupby(["solver", "task.dim"])["energy"].median() <= 0).sum())
+    assert n_low > 0
+    assert "log axis" in cost and "Symlog axis: linear within ±0.001" in cost
+    assert f"so the {n_low} medians ≤ 0 are drawn too" in cost
+    assert "Not shown: entries with an infinite median or no run time (1)" in cost
+    n_runs_low = int((frame["energy"] <= 0).sum())
+    assert f"so the {n_runs_low} values ≤ 0 are drawn too" in versus
+    assert "Not shown: runs with an infinite value (3)" in versus
+    # a predictive metric (any sign) is drawn on a linear axis, nothing dropped
+    doc = report._Document(tmp_path)
+    report._cost_figure(doc, frame.assign(test_loglik=-frame["time_run"]), palette,
+                        "test_loglik", "loglik")
+    assert "axis is linear" in doc.md[0] and "Not shown" not in doc.md[0]
+
+
+def test_symlog_threshold_is_the_typical_standard_error_or_the_smallest_value():
+    from runners.report import _linear_threshold
+
+    values = pd.Series([-2e-4, 0.0, 3e-3, 0.5])
+    assert _linear_threshold(values, pd.Series([8e-4, 7e-4, 0.0, np.nan]))[0] == 1e-3
+    # a deterministic metric: every positive value stays on the logarithmic part
+    threshold, why = _linear_threshold(values, pd.Series([0.0] * 4))
+    assert threshold == 1e-3 and "smallest positive value" in why
+    assert _linear_threshold(pd.Series([4e-6, 1.0]), None)[0] == 1e-6
+
+
+def test_compare_help_lists_every_verdict_and_the_exit_codes(capsys):
+    from runners.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["compare", "--help"])
+    assert stop.value.code == 0
+    text = capsys.readouterr().out
+    verdicts = text.split("verdicts:", 1)[1].split("exit codes:", 1)[0]
+    for verdict in compare.VERDICTS:
+        assert verdict in verdicts, verdict
+    timing = text.split("run-time verdicts", 1)[1].split("exit codes:", 1)[0]
+    assert "never gating" in timing
+    assert all(word in timing for word in ("slower", "faster", "same"))
+    assert f"{compare.TIME_RATIO}x" in timing
+    codes = text.split("exit codes:", 1)[1]
+    for code, meaning in (("0", "nothing regressed"), ("1", "worse"), ("2", "bad input")):
+        assert f"  {code}  " in codes and meaning in codes

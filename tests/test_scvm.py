@@ -270,3 +270,26 @@ def test_a_stiff_drift_gets_short_enough_rk4_steps_and_trains(monkeypatch):
     unsafe.setup(task, [0.5], np.random.SeedSequence(3), RunContext())
     assert unsafe.steps_per_unit == config["ode_steps"]
     assert _flow_mean_error(task, unsafe) > 1e3
+
+
+def test_a_drift_too_stiff_for_the_step_cap_is_refused_in_setup_unless_asked_for():
+    """λ = 2000 needs 800 steps per unit time > MAX_RAISED_STEPS: a clear error, no run."""
+    from solvers.scvm import MAX_RAISED_STEPS
+
+    task = _stiff_ou(2000.0)
+    assert 2000.0 / RK4_STEP_LAMBDA > MAX_RAISED_STEPS
+    with pytest.raises(ValueError, match=r"needs 80\d RK4 steps per unit time"):
+        Scvm(**TINY).setup(task, [0.1], np.random.SeedSequence(3), RunContext())
+    solver = Scvm(**{**TINY, "ode_steps": 1000})  # chosen by hand: accepted
+    solver.setup(task, [0.1], np.random.SeedSequence(3), RunContext())
+    assert solver.steps_per_unit == 1000
+
+
+def test_results_carry_the_self_consistency_diagnostics():
+    """A good OU flow is self-consistent (measured median residual 0.025, l2 1e-3)."""
+    _, _, results = _trained(2)
+    for result in results.values():
+        diag = result.info["diagnostics"]
+        assert set(diag) == {"ibp_loss", "ode_steps_per_unit", "self_consistency",
+                             "self_consistency_l2"}
+        assert diag["self_consistency"] < 0.1 and diag["self_consistency_l2"] < 0.01

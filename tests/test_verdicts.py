@@ -359,3 +359,16 @@ def test_best_line_counts_failures_and_names_ties():
     best = text[text.index("Best"):]
     assert "one_d" not in best and "flaky" not in best
     assert "(tied)" in best and "steady" in best and "twin" in best and "4/4 tables" in best
+
+
+def test_a_solvers_own_diagnostics_are_shown_beside_its_score():
+    rows = [{"task": "ou", "task_config": "dim=2", "t": 0.5, "seed": seed, "status": "ok",
+             "solver": solver, "solver_config": "", "energy": value, "energy_se": 1e-4,
+             "time_run": 1.0, "error": "", "metric_notes": "{}",
+             "info": json.dumps({"diagnostics": {"ibp_loss": loss}} if solver == "scvm" else {})}
+            for seed in range(3)
+            for solver, value, loss in (("scvm", 0.05 + 0.001 * seed, 2.0 + seed), ("em", 0.01, 0))]
+    board = leaderboard.build_leaderboard(pd.DataFrame(rows))
+    table = leaderboard.detail_table(board).set_index("solver")
+    assert table.loc["scvm", "solver diagnostics"] == "ibp_loss=3"  # median over the seeds
+    assert table.loc["em", "solver diagnostics"] == ""
