@@ -127,6 +127,7 @@ def test_profile_blocks_may_set_their_own_seeds(gfbench, tmp_path):
     assert code == 0 and stdout.strip().splitlines()[-1].startswith("2 runs,")
 
 
+@pytest.mark.slow
 def test_files_get_the_users_umask(gfbench, tmp_path):
     old = os.umask(0o022)
     try:
@@ -205,6 +206,7 @@ def test_help_texts_have_descriptions_defaults_and_examples(capsys):
         assert default in text, default
 
 
+@pytest.mark.slow
 def test_progress_is_printed_as_lines_without_a_terminal(gfbench, tmp_path):
     argv = [a for a in TINY if a != "--quiet"]
     code, _, err = gfbench("run", *argv, "--out", tmp_path / "p")

@@ -215,6 +215,7 @@ def test_filtering_run_assimilates_observations_and_its_density_is_normalised():
     np.testing.assert_allclose(result.log_density(x), logp, rtol=1e-6, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_second_run_of_one_solver_repeats_the_first():
     """run() depends only on what setup() left: no MH proposals survive from an earlier run."""
     import copy

@@ -161,6 +161,7 @@ def test_every_command_that_cannot_write_says_so_in_one_line_with_exit_2(
 
 
 # --- 4. interrupted reports, limits, parameters ------------------------------------------------
+@pytest.mark.slow
 def test_an_interrupted_report_leaves_the_previous_one_whole(gfbench, tmp_path, monkeypatch):
     out = tmp_path / "out"
     grid = ["run", *OU, "--solver", "exact", "--solver", "em", "-P", "em.n_particles=100",

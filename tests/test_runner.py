@@ -36,6 +36,7 @@ def test_same_grid_gives_bit_identical_metrics_across_reruns_and_jobs(gfbench, t
     assert a["symkl_kde"].notna().any() and a["symkl"].notna().any()
 
 
+@pytest.mark.slow
 def test_resume_completes_an_interrupted_grid_without_duplicates(gfbench, tmp_path):
     out = tmp_path / "r"
     assert gfbench("run", *TINY, "--out", out)[0] == 0
@@ -53,6 +54,7 @@ def test_resume_completes_an_interrupted_grid_without_duplicates(gfbench, tmp_pa
         assert p.read_bytes() == first[p.name]
 
 
+@pytest.mark.slow
 def test_failing_solvers_become_status_rows_and_the_grid_completes(gfbench, tmp_path):
     out = tmp_path / "f"
     code, _, err = gfbench(
@@ -83,6 +85,7 @@ def test_failed_runs_are_retried_unless_told_not_to(gfbench, tmp_path):
     assert "1 to run" in err
 
 
+@pytest.mark.slow
 def test_corrupt_and_partial_run_files_are_detected_and_rerun(gfbench, tmp_path):
     out = tmp_path / "c"
     assert gfbench("run", *TINY, "--out", out)[0] == 0
@@ -110,6 +113,7 @@ def test_atomic_write_leaves_no_partial_file_when_the_writer_fails(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+@pytest.mark.slow
 def test_runner_killed_mid_grid_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "k"
     args = [sys.executable, "-m", "runners.cli", "run", "--task", "ou", "-P", "ou.dim=1",

@@ -34,6 +34,7 @@ def test_builtin_profile_expands(name, monkeypatch, tmp_path):
     assert specs and len({s["run_id"] for s in specs}) == len(specs)
 
 
+@pytest.mark.slow
 def test_smoke_profile_runs_and_matches_the_committed_baseline(gfbench, tmp_path):
     out = tmp_path / "smoke"
     code, _, err = gfbench("run", "--profile", "smoke", "--quiet", "--out", out)

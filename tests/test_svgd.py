@@ -51,6 +51,7 @@ def run(task, times, **params):
     return solver.run()
 
 
+@pytest.mark.slow
 def test_converges_to_the_ou_stationary_gaussian():
     task = OrnsteinUhlenbeck(np.random.SeedSequence(2), dim=2)
     x = run(task, [1.0], n_particles=200, n_iter=1500, step_size=0.05)[1.0].samples
@@ -60,6 +61,7 @@ def test_converges_to_the_ou_stationary_gaussian():
     np.testing.assert_allclose(np.cov(x.T), cov, atol=0.2 * cov.diagonal().max())
 
 
+@pytest.mark.slow
 def test_moves_towards_the_mixture_and_is_reproducible():
     task = StationaryGMM(np.random.SeedSequence(3), dim=2)
     res = run(task, [2.0, 4.0], n_particles=150, n_iter=600, step_size=0.1)
