@@ -19,7 +19,7 @@ if str(TESTS_DIR) not in sys.path:
 @pytest.fixture
 def gfbench(capsys):
     """Call ``gfbench`` in-process: ``gfbench("run", ...) -> (exit code, stdout, stderr)``."""
-    from runners.cli import main
+    from cli.main import main
 
     def call(*argv: str):
         code = main([str(a) for a in argv])

@@ -310,7 +310,7 @@ class DiskFull(_Base):
     name = "faulty_disk_full"
 
     def run(self):
-        from runners import store
+        from execution import store
 
         def full(path, text):
             raise store.StoreError(f"cannot write {path}: No space left on device")

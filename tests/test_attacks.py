@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 
 from conftest import TESTS_DIR
-from runners import store
+from execution import store
 
 OU = ["--task", "ou", "-P", "ou.dim=1", "--times", "0.1", "--metrics", "energy", "--quiet"]
 
@@ -110,7 +110,7 @@ def test_children_of_a_run_die_with_it_at_its_end_and_at_its_timeout(gfbench, tm
 def test_kill_9_of_the_runner_alone_leaves_nothing_behind(tmp_path):
     env = {**os.environ, "GFBENCH_TEST_KILL": str(tmp_path),
            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "runners.cli", "run", *OU, "--solver",
+    cmd = [sys.executable, "-m", "cli", "run", *OU, "--solver",
            "faulty_solvers:SpawnsChild", "-P", "faulty_solvers:SpawnsChild.tag=303.25",
            "-P", "faulty_solvers:SpawnsChild.delay=60", "--seeds", "2", "-j", "2",
            "--no-report", "--out", str(tmp_path)]
@@ -250,7 +250,7 @@ def test_concurrent_runners_compute_each_run_once_and_lose_nothing(tmp_path):
     log = tmp_path / "started.log"
     env = {**os.environ, "GFBENCH_TEST_LOG": str(log),
            "PYTHONPATH": os.pathsep.join([str(TESTS_DIR), os.environ.get("PYTHONPATH", "")])}
-    cmd = [sys.executable, "-m", "runners.cli", "run", *OU, "--solver", "faulty_solvers:Logs",
+    cmd = [sys.executable, "-m", "cli", "run", *OU, "--solver", "faulty_solvers:Logs",
            "--seeds", "6", "--no-report", "--out", str(tmp_path / "out")]
     runners = [subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL,
                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]

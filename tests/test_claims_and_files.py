@@ -6,7 +6,7 @@ import json
 import os
 import socket
 
-from runners import store
+from execution import store
 
 
 def _claim(out, run_id, **owner):
@@ -85,7 +85,7 @@ def test_a_cache_path_that_is_a_file_costs_only_the_disk_cache(gfbench, tmp_path
 
 def test_a_plugin_index_of_the_wrong_shape_or_naming_a_deleted_module_is_rebuilt(
         tmp_path, monkeypatch):
-    from runners import registry
+    from execution import registry
 
     monkeypatch.setenv("GFBENCH_CACHE", str(tmp_path))
     registry.index.cache_clear()
@@ -105,7 +105,7 @@ def test_a_plugin_index_of_the_wrong_shape_or_naming_a_deleted_module_is_rebuilt
 
 
 def test_a_waiting_runner_says_which_runs_it_waits_for_and_who_holds_them(tmp_path, capsys):
-    from runners.parallel import LineProgress, _report_waiting
+    from execution.parallel import LineProgress, _report_waiting
 
     _claim(tmp_path, "r1", pid=4242, start="1", boot=store._boot_id())
     _claim(tmp_path, "r2", pid=4242, start="1", boot=store._boot_id())

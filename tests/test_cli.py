@@ -6,7 +6,7 @@ import os
 import pytest
 
 from conftest import TINY
-from runners import store
+from execution import store
 
 BASE = ["run", "--times", "0.1", "--seeds", "1", "--quiet"]
 
@@ -144,7 +144,7 @@ def test_files_get_the_users_umask(gfbench, tmp_path):
 
 
 def test_dry_run_estimates_the_wall_time_from_committed_timings(gfbench, tmp_path, monkeypatch):
-    from runners import estimate
+    from cli import estimate
 
     code, stdout, _ = gfbench("run", *TINY, "--dry-run")
     assert "unknown" in stdout.splitlines()[-1]
@@ -185,7 +185,7 @@ def test_dry_run_prints_the_summary_and_lists_runs_only_when_verbose(gfbench):
 
 
 def test_help_texts_have_descriptions_defaults_and_examples(capsys):
-    from runners.cli import main
+    from cli.main import main
 
     assert main([]) == 2
     assert "usage: gfbench" in capsys.readouterr().err

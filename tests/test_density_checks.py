@@ -14,8 +14,9 @@ import pandas as pd
 import pytest
 
 from metrics.symkl import symkl_from_logs
-from runners import aggregate, leaderboard, store
-from runners.report import write_report
+from analysis import aggregate, leaderboard
+from execution import store
+from analysis.report import write_report
 
 
 def _gauss(x):
@@ -50,7 +51,7 @@ def test_symkl_checks_the_density_it_is_given(case):
 
 @pytest.fixture(scope="module")
 def broken_grid(tmp_path_factory):
-    from runners.cli import main
+    from cli.main import main
 
     out = tmp_path_factory.mktemp("densities")
     assert main(["run", "--task", "ou", "-P", "ou.dim=2", "--times", "0.5", "--seeds", "3",

@@ -4,9 +4,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runners import store
-from runners.execute import resolve_device
-from runners.parallel import _assign_device
+from execution import store
+from execution.execute import resolve_device
+from execution.parallel import _assign_device
 from solvers.em import EulerMaruyama
 from faulty_solvers import NeedsGpu
 

@@ -5,7 +5,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY
-from runners import store
+from execution import store
 
 distributed = pytest.importorskip("dask.distributed", reason="dask extra not installed")
 

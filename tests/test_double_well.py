@@ -18,7 +18,7 @@ from threadpoolctl import threadpool_limits
 
 from numerics.chang_cooper import solve_on_grid
 from numerics.product_law import grid_symkl, product_grid_law, solve_wells, step_schedule
-from runners import store
+from execution import store
 from tasks.double_well import (DT, DX, HALF_WIDTH, WELL_A, WELL_C, WELL_START, DoubleWell,
                                interpolant_on, right_mass, stationary_right_mass, well_grid,
                                well_potential, well_solutions)

@@ -14,7 +14,7 @@ import textwrap
 
 import pytest
 
-from runners import registry, store
+from execution import registry, store
 
 PLUGIN = '''
 import numpy as np

@@ -469,7 +469,7 @@ def test_the_plugin_task_runs_through_the_cli_with_diagnostics_in_the_row(gfbenc
     """``--task module:Class``: rows ok, SymKL a result (not NaN), SBTM's diagnostics stored."""
     import json
 
-    from runners import store
+    from execution import store
 
     code, _, err = gfbench(
         "run", "--task", "test_generic_potentials:TiltedDoubleWell", "--times", str(HORIZON),

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runners import store
+from execution import store
 
 PLUGIN = '''
 """OU started from N(1, I) instead of N(0, I): a plugin task for the tests."""

@@ -1,7 +1,7 @@
 """``gfbench list``: every built-in profile gets a time (or says it has none), and
 the run count it prints is the number of runs ``gfbench run --profile X`` runs.
 
-The count must be that of :func:`runners.grid.expand`, which runs a spec asked for
+The count must be that of :func:`execution.grid.expand`, which runs a spec asked for
 by several ``[[grid]]`` blocks once (the standard profile's OU D = 1 JKO runs and
 the study profile's D = 10 seed-0 ICNN-JKO runs are in two blocks each).
 """
@@ -12,9 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from runners import estimate, registry
-from runners.grid import expand
-from runners.profiles import builtin_profiles, read_profile, to_config
+from cli import estimate
+from execution import registry
+from execution.grid import expand
+from cli.profiles import builtin_profiles, read_profile, to_config
 
 SHARED_BLR = Path(__file__).resolve().parents[2] / "shared" / "data" / "blr"
 #: ``  standard           689 runs, ~3 h 14 min at -j 2 + 70 runs of unknown time``

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY
-from runners import store
+from execution import store
 
 ray = pytest.importorskip("ray", reason="ray is not installed (pip install 'gfbench[ray]')")
 

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 from conftest import TESTS_DIR
-from runners import store
+from execution import store
 from test_attacks import OU, rows, sleepers, wait_until
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "baseline-smoke"
@@ -95,7 +95,7 @@ def _processes_with(marker: str) -> list[int]:
 def test_kill_9_of_the_runner_while_a_solver_holds_the_gil_leaves_nothing(tmp_path, jobs):
     marker = f"GFBENCH_TEST_GIL={tmp_path}"
     pid_file = tmp_path / "pid"
-    cmd = [sys.executable, "-m", "runners.cli", "run", *OU, "--solver", "faulty_solvers:HoldsGil",
+    cmd = [sys.executable, "-m", "cli", "run", *OU, "--solver", "faulty_solvers:HoldsGil",
            "-P", "faulty_solvers:HoldsGil.tag=314.25", "--seeds", jobs, "-j", jobs,
            "--no-report", "--out", str(tmp_path / "out")]
     runner = subprocess.Popen(cmd, env=env_with(GFBENCH_TEST_GIL=str(tmp_path),
@@ -191,7 +191,7 @@ def test_an_interrupted_report_leaves_the_previous_one_whole(gfbench, tmp_path, 
 def test_sigint_stops_a_report_even_when_the_shell_ignored_it(tmp_path):
     out = tmp_path / "report"
     # a script's background job inherits SIGINT ignored: `kill -INT` must still stop it
-    runner = subprocess.Popen([sys.executable, "-m", "runners.cli", "report", str(BASELINE),
+    runner = subprocess.Popen([sys.executable, "-m", "cli", "report", str(BASELINE),
                                "--out", str(out)], env=env_with(),
                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -207,7 +207,7 @@ def test_sigint_stops_a_report_even_when_the_shell_ignored_it(tmp_path):
 
 
 def test_the_default_memory_limit_follows_the_effective_jobs(gfbench, tmp_path):
-    from runners.resources import default_max_memory
+    from execution.resources import default_max_memory
 
     code, _, err = gfbench("run", *OU, "--solver", "exact", "-j", "64", "--no-report",
                            "--out", tmp_path)

@@ -8,12 +8,13 @@ import pandas as pd
 import pytest
 
 from conftest import TINY
-from runners import compare, leaderboard, store
+from analysis import compare, leaderboard
+from execution import store
 
 
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory):
-    from runners.cli import main
+    from cli.main import main
 
     out = tmp_path_factory.mktemp("tiny")
     assert main([*("run " + " ".join(TINY)).split(), "--out", str(out)]) == 0
@@ -106,7 +107,7 @@ def test_compare_cli_exits_1_on_regression(gfbench, tiny_results, tmp_path):
 
 
 def test_ranking_time_is_the_latest_time_every_solver_has():
-    from runners.aggregate import final_time_rows
+    from analysis.aggregate import final_time_rows
 
     frame = pd.DataFrame({"task": ["ou"] * 5 + ["f"],
                           "solver": ["em", "em", "em", "icnn", "icnn", "bbf"],
@@ -117,7 +118,8 @@ def test_ranking_time_is_the_latest_time_every_solver_has():
 
 
 def test_blr_table_gives_median_and_range_per_protocol(tmp_path):
-    from runners.report import _blr_section, _Document
+    from analysis.document import Document as _Document
+    from analysis.report import _blr_section
 
     accuracy = [0.70, 0.74, 0.80, 0.66]
     frame = pd.DataFrame({
@@ -160,7 +162,8 @@ def test_leaderboard_lists_the_better_median_first_within_a_shared_rank():
 
 
 def test_blr_paired_differences_remove_the_split_to_split_spread(tmp_path):
-    from runners.report import _blr_section, _Document, _paired_differences
+    from analysis.document import Document as _Document
+    from analysis.report import _blr_section, _paired_differences
 
     # the splits differ by 0.1 while icnn sits 0.01 above svgd on each of them
     svgd = [0.60, 0.70, 0.80]
@@ -200,7 +203,7 @@ def test_a_skipped_solver_reads_skipped_with_its_reason_not_failed():
 
 
 def test_the_studys_own_mixture_targets_get_its_published_median_beside_them():
-    from runners import report
+    from analysis import report
 
     published = pd.DataFrame({"task": ["stationary_gmm"] * 2, "solver": ["icnn_jko"] * 2,
                               "n_particles": [np.nan] * 2, "dim": [10.0, 12.0], "t": [4.0] * 2,
@@ -238,14 +241,14 @@ def _html_tables(html_text):
 
 
 def test_blr_summary_is_a_table_of_data_sets_by_solvers_per_protocol_and_state(tmp_path):
-    from runners import report
+    from analysis import report
 
     datasets = ["banana", "diabetis", "german", "image", "ringnorm", "twonorm", "waveform"]
     groups = [f"dataset={d}, protocol={p}, state={s}" for d in datasets
               for p in ("gfbench", "study") for s in ("centred", "non_centred")]
     board = _board("bayesian_logreg", "test_accuracy", groups, ["svgd", "em", "icnn_jko"],
                    failed={("dataset=german, protocol=study, state=centred", "icnn_jko")})
-    doc = report._Document(tmp_path)
+    doc = report.Document(tmp_path)
     report._summary(doc, board)
     md, html_text = "\n".join(doc.md), "\n".join(doc.html)
     # one table per (protocol, state), data sets down and solvers across
@@ -263,11 +266,11 @@ def test_blr_summary_is_a_table_of_data_sets_by_solvers_per_protocol_and_state(t
 
 @pytest.mark.parametrize("n_groups, n_solvers", [(12, 14), (30, 3), (8, 12), (17, 9)])
 def test_no_summary_table_has_more_group_columns_than_fit(tmp_path, n_groups, n_solvers):
-    from runners import report
+    from analysis import report
 
     groups = [f"dim={d}" for d in range(1, n_groups + 1)]
     solvers = [f"s{i}" for i in range(n_solvers)]
-    doc = report._Document(tmp_path)
+    doc = report.Document(tmp_path)
     report._summary(doc, _board("ou", "energy", groups, solvers))
     tables = _html_tables("\n".join(doc.html))
     totals = set(report.TOTAL_COLUMNS)
@@ -286,7 +289,8 @@ def test_no_summary_table_has_more_group_columns_than_fit(tmp_path, n_groups, n_
 
 
 def test_figures_on_log_axes_draw_values_at_or_below_0_and_count_what_they_cannot(tmp_path):
-    from runners import report
+    from analysis import figures
+    from analysis.document import Document as _Document
 
     # an unbiased energy distance near the oracle: 0 ± noise, half the medians below 0
     rng = np.random.default_rng(0)
@@ -298,11 +302,11 @@ def test_figures_on_log_axes_draw_values_at_or_below_0_and_count_what_they_canno
     frame = pd.DataFrame(rows)
     frame.loc[(frame["solver"] == "bad") & (frame["task.dim"] == 4), "energy"] = np.inf
     frame["task_config"] = "dim=" + frame["task.dim"].astype(str)
-    plt, sns = report._plt()
-    palette = report._palette(frame["label"], sns)
-    doc = report._Document(tmp_path)
-    report._cost_figure(doc, frame, palette, "energy", "cost")
-    report._figure_vs(doc, frame, palette, "task.dim", "t", "energy", True, "dim", "vs dim.")
+    plt, sns = figures._plt()
+    palette = figures._palette(frame["label"], sns)
+    doc = _Document(tmp_path)
+    figures._cost_figure(doc, frame, palette, "energy", "cost")
+    figures._figure_vs(doc, frame, palette, "task.dim", "t", "energy", True, "dim", "vs dim.")
     cost, versus = [line for line in doc.md if line.startswith("![")]
     n_low = int((frame.groupby(["solver", "task.dim"])["energy"].median() <= 0).sum())
     assert n_low > 0
@@ -313,14 +317,14 @@ def test_figures_on_log_axes_draw_values_at_or_below_0_and_count_what_they_canno
     assert f"so the {n_runs_low} values ≤ 0 are drawn too" in versus
     assert "Not shown: runs with an infinite value (3)" in versus
     # a predictive metric (any sign) is drawn on a linear axis, nothing dropped
-    doc = report._Document(tmp_path)
-    report._cost_figure(doc, frame.assign(test_loglik=-frame["time_run"]), palette,
+    doc = _Document(tmp_path)
+    figures._cost_figure(doc, frame.assign(test_loglik=-frame["time_run"]), palette,
                         "test_loglik", "loglik")
     assert "axis is linear" in doc.md[0] and "Not shown" not in doc.md[0]
 
 
 def test_symlog_threshold_is_the_typical_standard_error_or_the_smallest_value():
-    from runners.report import _linear_threshold
+    from analysis.figures import _linear_threshold
 
     values = pd.Series([-2e-4, 0.0, 3e-3, 0.5])
     assert _linear_threshold(values, pd.Series([8e-4, 7e-4, 0.0, np.nan]))[0] == 1e-3
@@ -331,7 +335,7 @@ def test_symlog_threshold_is_the_typical_standard_error_or_the_smallest_value():
 
 
 def test_compare_help_lists_every_verdict_and_the_exit_codes(capsys):
-    from runners.cli import main
+    from cli.main import main
 
     with pytest.raises(SystemExit) as stop:
         main(["compare", "--help"])

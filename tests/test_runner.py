@@ -14,7 +14,7 @@ import pandas as pd
 import pytest
 
 from conftest import TINY
-from runners import store
+from execution import store
 
 METRICS = ["symkl", "symkl_kde", "energy"]
 
@@ -116,7 +116,7 @@ def test_atomic_write_leaves_no_partial_file_when_the_writer_fails(tmp_path):
 @pytest.mark.slow
 def test_runner_killed_mid_grid_loses_and_duplicates_nothing(tmp_path):
     out = tmp_path / "k"
-    args = [sys.executable, "-m", "runners.cli", "run", "--task", "ou", "-P", "ou.dim=1",
+    args = [sys.executable, "-m", "cli", "run", "--task", "ou", "-P", "ou.dim=1",
             "--times", "0.1", "--seeds", "0..5", "--solver", "faulty_solvers:Slow",
             "-P", "faulty_solvers:Slow.delay=1.5", "--quiet", "--no-report", "--out", str(out)]
     env = {**os.environ}
@@ -141,7 +141,7 @@ def test_run_processes_exit_when_their_runner_is_killed(tmp_path):
     """Killing only the runner (not its process group) leaves no run computing."""
     out = tmp_path / "orphan"
     marker = tmp_path / "pids"
-    args = [sys.executable, "-m", "runners.cli", "run", "--task", "ou", "-P", "ou.dim=1",
+    args = [sys.executable, "-m", "cli", "run", "--task", "ou", "-P", "ou.dim=1",
             "--times", "0.1", "--seeds", "1", "--solver", "faulty_solvers:Slow",
             "-P", "faulty_solvers:Slow.delay=60", "--quiet", "--no-report", "--out", str(out)]
     env = {**os.environ, "GFBENCH_TEST_PID_FILE": str(marker)}
@@ -193,7 +193,7 @@ def test_prune_removes_only_runs_outside_the_profiles_grids(gfbench, tmp_path):
 def test_sigterm_stops_the_runner_cleanly(tmp_path):
     """SIGTERM behaves like Ctrl-C: exit 130, a resume hint, no run left computing."""
     marker = tmp_path / "pid"
-    args = [sys.executable, "-m", "runners.cli", "run", "--task", "ou", "-P", "ou.dim=1",
+    args = [sys.executable, "-m", "cli", "run", "--task", "ou", "-P", "ou.dim=1",
             "--times", "0.1", "--seeds", "1", "--solver", "faulty_solvers:Slow",
             "-P", "faulty_solvers:Slow.delay=60", "--quiet", "--no-report",
             "--out", str(tmp_path / "t")]
@@ -212,8 +212,8 @@ def test_sigterm_stops_the_runner_cleanly(tmp_path):
 
 
 def test_the_shared_reference_cache_changes_no_value_and_is_shared(tmp_path):
-    from runners.execute import execute
-    from runners.grid import GridBlock, RunConfig, expand
+    from execution.execute import execute
+    from execution.grid import GridBlock, RunConfig, expand
 
     specs = expand(RunConfig([GridBlock({"ou": {"dim": [3], "times": [0.5]}},
                                         {"em": {"n_particles": [300]}, "exact": {}})],

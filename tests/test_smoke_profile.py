@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from runners import store
-from runners.grid import BadInput, expand
-from runners.profiles import builtin_profiles, read_profile, to_config
+from execution import store
+from execution.grid import BadInput, expand
+from cli.profiles import builtin_profiles, read_profile, to_config
 
 BASELINE = Path(__file__).resolve().parents[1] / "results" / "baseline-smoke"
 

@@ -12,7 +12,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from runners import aggregate, leaderboard, registry, store
+from analysis import aggregate, leaderboard
+from execution import registry, store
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -21,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def fresh_grid(tmp_path_factory):
     """OU and the mixture with the oracle, particle sets of two sizes, the exact JKO
     iterate, SVGD's 200 repulsive particles and a mode-dropping law."""
-    from runners.cli import main
+    from cli.main import main
 
     out = tmp_path_factory.mktemp("verdicts")
     common = ["--seeds", "3", "--quiet", "--no-report", "-j", "2", "--out", str(out),
@@ -86,7 +87,7 @@ def test_a_mode_dropping_law_is_infinite_shown_as_infinity_and_ranked_last(fresh
 
 
 def test_the_report_lists_an_ok_run_with_infinite_symkl_among_the_failures(fresh_grid, tmp_path):
-    from runners.report import write_report
+    from analysis.report import write_report
 
     paths = write_report([fresh_grid], tmp_path / "report")
     md = paths["markdown"].read_text()
@@ -99,7 +100,7 @@ def test_kde_and_monte_carlo_symkl_are_never_ranked_or_drawn_together(fresh_grid
     assert "symkl_kde" not in set(board["metric"])
     symkl = board[board["metric"] == "symkl"]
     assert not set(symkl["solver"]) & {"em(N=200)", "em(N=2000)", "svgd"}
-    from runners.report import write_report
+    from analysis.report import write_report
 
     figures = {p.name for p in write_report([fresh_grid], tmp_path / "r")["figures"]}
     assert "ou_symkl_any_dim.png" not in figures
@@ -238,7 +239,7 @@ def test_compare_validates_its_tolerance(gfbench, ou_results, rtol):
 
 
 def test_compare_help_text(capsys):
-    from runners.cli import main
+    from cli.main import main
 
     with pytest.raises(SystemExit) as exc:
         main(["compare", "--help"])
@@ -250,7 +251,7 @@ def test_compare_help_text(capsys):
 
 
 def test_a_finite_value_that_becomes_infinite_is_worse():
-    from runners.compare import paired_verdict
+    from analysis.compare import paired_verdict
 
     base = np.array([0.01, 0.012, 0.011])
     assert paired_verdict(base, np.array([0.01, np.inf, 0.011]), True, 0.25, 1e-3) == "worse"
@@ -290,7 +291,7 @@ TASK = '''
 
 
 def test_editing_a_task_makes_its_runs_stale_and_a_comment_does_not(tmp_path, monkeypatch):
-    from runners.grid import GridBlock, RunConfig, expand
+    from execution.grid import GridBlock, RunConfig, expand
 
     monkeypatch.syspath_prepend(str(tmp_path))
 
@@ -344,7 +345,7 @@ def test_the_committed_summaries_name_solvers_that_ran_in_most_tables():
 
 
 def test_best_line_counts_failures_and_names_ties():
-    from runners.report import _winners
+    from analysis.report import _winners
 
     rows = []
     for group in ("a", "b", "c", "d"):

@@ -17,7 +17,7 @@ from threadpoolctl import threadpool_limits
 
 from metrics.base import ReferenceDraws
 from metrics.sample_distances import ENERGY
-from runners.resources import tune_allocator
+from execution.resources import tune_allocator
 from solvers.base import SolverResult
 from solvers.icnn_jko import init_icnn, jko_loss
 from tasks.ou import OrnsteinUhlenbeck

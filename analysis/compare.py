@@ -13,7 +13,7 @@ over seeds. For each configuration and metric the verdict is one of
 - ``new failure`` / ``fixed``: the baseline's runs were ok and a new one failed
   (or a metric the baseline computed is no longer computed, or a new value is
   invalid — −∞, below the metric's bound beyond noise, absurd, or a density
-  that does not integrate to 1: see :func:`runners.aggregate.invalid_reasons`),
+  that does not integrate to 1: see :func:`analysis.aggregate.invalid_reasons`),
   or the reverse;
 - ``not comparable``: the task, solver or metric version differs;
 - ``missing`` / ``new``: the configuration exists in the baseline only / in
@@ -35,7 +35,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from runners import aggregate, store
+from analysis import aggregate
+from execution import store
 
 KEYS = ["task", "task_config", "solver", "solver_config", "t"]
 #: (rtol, atol) per metric; values differ between machines by BLAS and torch

@@ -1,11 +1,12 @@
 """How long a grid will take, from the committed results' own timings.
 
-Every results directory gets a ``timings.csv`` on export: per configuration
-(task, task config, solver, solver config), the median seconds one run took
-(set-up + solve + metric evaluation) and on how many runs that rests. An
-estimate sums those medians over the runs asked for; a configuration that
-never ran is "unknown", never guessed. Committed results were measured on 2
-CPU cores with two runs sharing them, so the estimates are of that kind.
+Every results directory gets a ``timings.csv`` on export
+(:mod:`execution.timings`): per configuration (task, task config, solver,
+solver config), the median seconds one run took (set-up + solve + metric
+evaluation) and on how many runs that rests. An estimate sums those medians
+over the runs asked for; a configuration that never ran is "unknown", never
+guessed. Committed results were measured on 2 CPU cores with two runs sharing
+them, so the estimates are of that kind.
 """
 from __future__ import annotations
 
@@ -15,47 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable
 
+from execution.execute import config_label
+from execution.grid import parse_seeds
+from execution.timings import format_duration
+
 PROJECT_RESULTS = Path(__file__).resolve().parents[1] / "results"
-TIMING_COLUMNS = ["task", "task_config", "solver", "solver_config", "seconds", "n_runs"]
-
-
-def config_label(params: dict) -> str:
-    """``{"b": 2, "a": 1}`` → ``"a=1,b=2"`` (the rows' task_config / solver_config)."""
-    return ",".join(f"{k}={params[k]}" for k in sorted(params))
-
-
-def timing_table(frame) -> list[dict[str, Any]]:
-    """Median seconds per run and configuration, from a results frame (one row per t)."""
-    import pandas as pd
-
-    if frame.empty or "time_run" not in frame:
-        return []
-    ok = frame[frame["status"] == "ok"]
-    per_run = ok.groupby("run_id").agg(
-        task=("task", "first"), task_config=("task_config", "first"),
-        solver=("solver", "first"), solver_config=("solver_config", "first"),
-        setup=("time_setup", "first"), run=("time_run", "first"), evaluation=("time_eval", "sum"))
-    per_run["seconds"] = per_run[["setup", "run", "evaluation"]].apply(
-        pd.to_numeric, errors="coerce").sum(axis=1)
-    table = per_run.groupby(["task", "task_config", "solver", "solver_config"]).agg(
-        seconds=("seconds", "median"), n_runs=("seconds", "size")).reset_index()
-    return table.to_dict("records")
-
-
-def write_timings(out: Path, frame) -> None:
-    """``timings.csv`` of a results directory (atomic)."""
-    from runners.store import atomic_write_text
-
-    rows = timing_table(frame)
-    lines = [",".join(TIMING_COLUMNS)]
-    for row in rows:
-        lines.append(",".join(_csv_cell(row[c]) for c in TIMING_COLUMNS))
-    atomic_write_text(Path(out) / "timings.csv", "\n".join(lines) + "\n")
-
-
-def _csv_cell(value: Any) -> str:
-    text = f"{value:.4g}" if isinstance(value, float) else str(value)
-    return f'"{text}"' if "," in text else text
 
 
 def timing_files(directories: Iterable[Path] | None = None) -> list[Path]:
@@ -205,16 +170,6 @@ class Estimate:
         return text + (f" + {self.unknown} runs of unknown time" if self.unknown else "")
 
 
-def format_duration(seconds: float) -> str:
-    """``45 s``, ``12 min``, ``3 h 05 min``."""
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    hours, minutes = divmod(int(round(seconds / 60)), 60)
-    return f"{hours} h {minutes:02d} min"
-
-
 def estimate_specs(specs: Iterable[dict], timings: dict[tuple, float] | None = None) -> Estimate:
     """Estimate for expanded run specs (``gfbench run --dry-run``)."""
     timings = load_timings() if timings is None else timings
@@ -232,12 +187,10 @@ def estimate_profile(data: dict, index: dict, timings: dict[tuple, float] | None
     """Estimate for a parsed profile without importing any plugin (``gfbench list``).
 
     Parameters are the profile's grids merged over the index's default grids,
-    as :func:`runners.grid.expand` does; no validation. A run that several
+    as :func:`execution.grid.expand` does; no validation. A run that several
     ``[[grid]]`` blocks ask for (same task, parameters, solver, parameters,
     seed and times) counts once, as the expansion runs it once.
     """
-    from runners.grid import parse_seeds
-
     timings = load_timings() if timings is None else timings
     estimate = Estimate()
     run = data.get("run", {}) or {}

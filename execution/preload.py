@@ -20,14 +20,14 @@ import atexit
 import importlib
 import os
 
-import runners.execute  # noqa: F401  (every run needs it)
+import execution.execute  # noqa: F401  (every run needs it)
 
 
 def _kill_runs(server_pid: int) -> None:
     """At the forkserver's exit: kill every process of its runs (each run's tree)."""
     if os.getpid() != server_pid:  # a run process (forked with this handler) never cleans up
         return
-    from runners.resources import kill_run
+    from execution.resources import kill_run
 
     kill_run(server_pid, spare=server_pid)
 

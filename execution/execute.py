@@ -15,8 +15,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from runners import grid, registry
+from execution import grid, registry
 from solvers.base import GPU, GPU_ONLY, RunContext, SolverResult
+from tasks.free_energy import skip_reason
 
 ERROR_CHARS = 2000
 
@@ -344,6 +345,9 @@ def execute(spec: dict, options: dict,
         solver = solver_cls(**spec["solver_params"])
         skip, reason = solver.skip(task)
         if skip:
+            return outcome_rows(spec, options, "skipped", reason)
+        reason = skip_reason(task, solver_cls)
+        if reason:
             return outcome_rows(spec, options, "skipped", reason)
         context = RunContext(device=device, n_threads=int(options.get("n_threads", 1)),
                              progress=progress or (lambda done, total, message="": None))

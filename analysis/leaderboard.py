@@ -30,7 +30,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runners import aggregate, store
+from analysis import aggregate
+from analysis.document import markdown_table
+from execution import store
 
 #: level of the paired intervals that separate two entries
 RANK_LEVEL = 0.99
@@ -346,8 +348,6 @@ RULE = ("Rank = 1 + the number of entries that are clearly better: over the repl
 
 def to_markdown(board: pd.DataFrame) -> str:
     """Leaderboard as Markdown: per task and metric, a summary matrix, then one table per group."""
-    from runners.report import markdown_table
-
     lines = ["# gfbench leaderboard\n", RULE + "\n"]
     for (task, metric), part in board.groupby(["task", "metric"], sort=False):
         direction = "lower" if aggregate.lower_is_better(metric) else "higher"

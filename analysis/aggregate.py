@@ -16,8 +16,8 @@ from typing import Iterable
 import numpy as np
 import pandas as pd
 
-from runners import registry
-from runners.store import note_for
+from execution import registry
+from execution.store import note_for
 
 #: columns identifying one configuration (one cell of the grid, all seeds)
 CONFIG_KEYS = ["task", "task_config", "solver", "solver_config", "t"]

@@ -5,6 +5,7 @@ Layout of a results directory::
     OUT/runs/<run_id>.json   one file per run, written atomically
     OUT/results.csv          aggregate, one row per (run, t)
     OUT/results.parquet      same, typed
+    OUT/timings.csv          median seconds per configuration (:mod:`execution.timings`)
 
 A run file holds its spec, its rows and a sha256 checksum of both; a file
 that fails to parse or to match its checksum counts as missing (the run is
@@ -23,6 +24,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable
 
+from execution.timings import timings_csv
+
 if TYPE_CHECKING:
     import pandas as pd
 
@@ -40,7 +43,7 @@ NUMERIC_COLUMNS = ("t", "peak_mem_mb", "reference_error", "law_size")
 
 
 def _metric_names() -> list[str]:
-    from runners import registry
+    from execution import registry
 
     return list(registry.index()["metrics"])
 
@@ -315,13 +318,11 @@ def load_current(out: Path | Iterable[Path]) -> tuple[pd.DataFrame, list[Path], 
 
 def export(out: Path) -> "pd.DataFrame":
     """Aggregate ``out``: results.csv, results.parquet and timings.csv, atomically."""
-    from runners.estimate import write_timings
-
     out = Path(out)
     frame = load(out)
     atomic_write_text(out / "results.csv", frame.to_csv(index=False))
     atomic_write_bytes(out / "results.parquet", lambda p: frame.to_parquet(p, index=False))
-    write_timings(out, frame)
+    atomic_write_text(out / "timings.csv", timings_csv(frame))
     return frame
 
 

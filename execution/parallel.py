@@ -8,7 +8,7 @@ even a child in a session of its own or orphaned by a daemon's double fork.
 The process that supervises it — the main process, a joblib/loky worker, a Dask
 worker or a Ray task — claims the run (so concurrent runners compute it once),
 waits at most ``timeout`` seconds while watching the resident memory of every
-process of the run (:func:`runners.resources.run_processes`), and
+process of the run (:func:`execution.resources.run_processes`), and
 
 - kills them all at the timeout (a ``timeout`` row), beyond ``max_memory``
   (an ``oom`` row) and, to leave nothing behind, after a normal end as well;
@@ -18,7 +18,7 @@ process of the run (:func:`runners.resources.run_processes`), and
 A supervisor that is killed takes its runs with it, even one whose solver
 holds the GIL in C code: its forkserver (a process group of its own) sees
 the supervisor go, kills every process of its runs and exits
-(runners/preload.py); a run process is SIGKILLed by the kernel when its
+(execution/preload.py); a run process is SIGKILLed by the kernel when its
 forkserver dies (PR_SET_PDEATHSIG); a watchdog thread in the run covers the
 rest, and loky workers die with the main process. Whatever happens, one
 run's failure never stops the grid.
@@ -37,9 +37,9 @@ from contextlib import ExitStack
 from pathlib import Path
 from typing import Callable
 
-from runners import store
-from runners.execute import execute, outcome_rows
-from runners.registry import add_import_paths, import_paths
+from execution import store
+from execution.execute import execute, outcome_rows
+from execution.registry import add_import_paths, import_paths
 
 _PROGRESS_PERIOD_S = 1.0
 
@@ -63,10 +63,10 @@ def apply_threads(n_threads: int) -> None:
 
 def preload_modules(specs: list[dict]) -> list[str]:
     """The modules a grid's runs import: its tasks', solvers' and metrics'."""
-    from runners import registry
+    from execution import registry
 
     index = registry.index()
-    names: set[str] = {"runners.parallel", "runners.store"}
+    names: set[str] = {"execution.parallel", "execution.store"}
     for spec in specs:
         for kind, name in (("tasks", spec["task"]), ("solvers", spec["solver"])):
             entry = index[kind].get(name)
@@ -104,7 +104,7 @@ def _exit_with_supervisor(pid: int | None, period_s: float = 1.0) -> None:
     started) computing for as long as it takes. A thread: it cannot run
     while a solver holds the GIL, which the forkserver's clean-up covers.
     """
-    from runners.resources import kill_run
+    from execution.resources import kill_run
 
     def watch() -> None:
         while True:
@@ -137,7 +137,7 @@ def _tie_to_forkserver() -> None:
     """
     from multiprocessing import forkserver
 
-    from runners.resources import become_subreaper, die_with_parent
+    from execution.resources import become_subreaper, die_with_parent
 
     server = getattr(forkserver, "_forkserver", None)
     fd = getattr(server, "_forkserver_alive_fd", None)
@@ -158,7 +158,7 @@ def _child_main(spec: dict, out: str, options: dict, failures=None) -> None:
     failure: its message goes to the supervisor through ``failures`` (a
     pipe's end), which stops the grid with it.
     """
-    from runners.resources import kill_run, limit_memory, tune_allocator
+    from execution.resources import kill_run, limit_memory, tune_allocator
 
     os.setpgid(0, 0)  # a group of its own: the supervisor kills everything the run starts
     _tie_to_forkserver()
@@ -193,7 +193,7 @@ def _context(preload: list[str] | None = None):
     ctx = mp.get_context("forkserver")
     if preload is not None:
         os.environ["GFBENCH_PRELOAD"] = ",".join(preload)
-    ctx.set_forkserver_preload(["runners.preload"])
+    ctx.set_forkserver_preload(["execution.preload"])
     return ctx
 
 
@@ -240,7 +240,7 @@ WATCH_PERIOD_S = 0.25
 
 def supervise(spec: dict, out: str, options: dict) -> dict:
     """Run one spec in a child process under hard limits; return a summary."""
-    from runners.resources import die_with_parent
+    from execution.resources import die_with_parent
 
     label = run_label(spec)
     if os.getpid() != options.get("main_pid"):
@@ -267,7 +267,7 @@ def run_label(spec: dict) -> str:
     Plugins appear under their ``name`` (the spec's ``solver_name`` /
     ``task_name``), not their import path.
     """
-    from runners.execute import config_label
+    from execution.execute import config_label
 
     def named(kind: str) -> str:
         params = config_label(spec[f"{kind}_params"])
@@ -341,7 +341,7 @@ def _watch(child, options: dict, claim, seen: dict[int, str], start: float
     by itself) and the peak resident memory of all the run's processes
     together; ``seen`` gains every process of the run met on the way.
     """
-    from runners.resources import rss_bytes, run_processes
+    from execution.resources import rss_bytes, run_processes
 
     timeout, max_memory = options.get("timeout"), options.get("max_memory")
     peak, last_beat = 0, time.monotonic()
@@ -377,7 +377,7 @@ def _oom_message(rss: int, limit: int, n_started: int) -> str:
 
 def _kill(child, seen: dict[int, str]) -> None:
     """SIGKILL every process of the run (its tree, its group, those seen), then reap it."""
-    from runners.resources import kill_run
+    from execution.resources import kill_run
 
     if child.pid:
         kill_run(child.pid, seen)
@@ -423,7 +423,7 @@ class LineProgress:
             self._line(now)
 
     def _line(self, now: float) -> None:
-        from runners.estimate import format_duration
+        from execution.timings import format_duration
 
         elapsed = now - self.start
         eta = (f", ETA {format_duration(elapsed / self.done * (self.total - self.done))}"

@@ -21,14 +21,14 @@ call, from one or several results directories:
    the published Table 2, and the failed runs and infinite scores.
 
 Labels show only the parameters that vary; metrics are named in words.
-Divergences and errors are drawn on symlog axes whose linear part (their
-typical standard error) the caption states: their unbiased estimates read
-0 ± noise near the reference, and no value is dropped without a count.
+
+This module decides what the report says: its sections and their tables.
+How it is written (Markdown and HTML) lives in :mod:`analysis.document`, and
+how it is drawn (the figures of item 4) in :mod:`analysis.figures`: report.py
+had grown to 971 lines, a third of them plotting, before they were split.
 """
 from __future__ import annotations
 
-import base64
-import contextlib
 import html
 import json
 from pathlib import Path
@@ -37,154 +37,15 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from runners import aggregate, leaderboard, store
+from analysis import aggregate, leaderboard
+from analysis.document import HTML_HEAD, Document
+from analysis.figures import task_figures
+from execution import store
+from execution.timings import format_duration
 
 PUBLISHED_DIR = Path(__file__).resolve().parents[1] / "results"
-#: at most this many evaluation times per figure; more make them unreadable
-MAX_TIMES = 4
-SYMKL_METRICS = ("symkl", "symkl_grid", "symkl_kde")
 #: task sections in this order, others after them alphabetically
 TASK_ORDER = ("ou", "stationary_gmm", "stationary_gmm_study", "filtering_1d", "bayesian_logreg")
-
-
-# --- small writers -----------------------------------------------------------
-def markdown_table(frame: pd.DataFrame) -> str:
-    """GitHub-flavoured Markdown table of ``frame`` (values as strings)."""
-    if frame.empty:
-        return "_(no rows)_\n"
-    cells = frame.astype(str).map(lambda s: s.replace("|", "\\|").replace("\n", " "))
-    header = "| " + " | ".join(map(str, frame.columns)) + " |"
-    rule = "|" + "|".join("---" for _ in frame.columns) + "|"
-    body = ["| " + " | ".join(row) + " |" for row in cells.itertuples(index=False)]
-    return "\n".join([header, rule, *body]) + "\n"
-
-
-def _drop_empty_columns(frame: pd.DataFrame) -> pd.DataFrame:
-    """Columns whose every cell is empty or a dash say nothing: drop them."""
-    keep = [c for c in frame.columns
-            if not frame[c].astype(str).str.strip().isin(["", "—", "nan", "None"]).all()]
-    return frame[keep]
-
-
-class _Document:
-    """Accumulates the same content as Markdown and as HTML."""
-
-    def __init__(self, figure_dir: Path) -> None:
-        self.md: list[str] = []
-        self.html: list[str] = []
-        self.figure_dir = figure_dir
-        self.figures: list[Path] = []
-        self.toc: list[tuple[int, str, str]] = []
-
-    def heading(self, text: str, level: int = 2, anchor: str | None = None) -> None:
-        self.md.append(f"{'#' * level} {text}\n")
-        anchor = anchor or _anchor(text)
-        if level <= 3:
-            self.toc.append((level, text, anchor))
-        self.html.append(f'<h{level} id="{anchor}">{html.escape(text)}</h{level}>')
-
-    def text(self, text: str) -> None:
-        self.md.append(text + "\n")
-        self.html.append(f"<p>{html.escape(text)}</p>")
-
-    def table(self, frame: pd.DataFrame, colours: pd.DataFrame | None = None,
-              collapsed: str | None = None, caption: str | None = None) -> None:
-        """A table; ``colours`` (same shape, CSS colours or '') shades HTML cells and
-        marks a compact matrix (cells never wrap); ``collapsed`` puts it in a closed
-        <details> with that summary in the HTML; ``caption`` is a bold line above it."""
-        frame = _drop_empty_columns(frame)
-        if collapsed:
-            self.md.append(f"**{collapsed}**\n")
-        if caption:
-            self.md.append(f"**{caption}**\n")
-            self.html.append(f'<p class="caption">{html.escape(caption)}</p>')
-        self.md.append(markdown_table(frame))
-        body = _html_table(frame, None if colours is None else colours[frame.columns])
-        if collapsed:
-            body = f"<details><summary>{html.escape(collapsed)}</summary>{body}</details>"
-        self.html.append(body)
-
-    @contextlib.contextmanager
-    def block(self, css_class: str):
-        """What is written inside sits in one ``<div class=css_class>`` in the HTML (side
-        by side in a ``facets`` row); Markdown just stacks it."""
-        self.html.append(f'<div class="{css_class}">')
-        yield
-        self.html.append("</div>")
-
-    def figure(self, fig, name: str, caption: str) -> None:
-        path = self.figure_dir / f"{name}.png"
-        store.atomic_write_bytes(path, lambda p: fig.savefig(p, format="png", dpi=110,
-                                                             bbox_inches="tight"))
-        _close(fig)
-        self.figures.append(path)
-        self.md.append(f"![{caption}](figures/{path.name})\n\n_{caption}_\n")
-        data = base64.b64encode(path.read_bytes()).decode("ascii")
-        self.html.append(f'<figure><img src="data:image/png;base64,{data}" '
-                         f'alt="{html.escape(caption)}"><figcaption>{html.escape(caption)}'
-                         "</figcaption></figure>")
-
-    def placeholder(self) -> tuple[int, int]:
-        """Reserve a place (for the table of contents, written last)."""
-        self.md.append("")
-        self.html.append("")
-        # two indices: HTML-only blocks make the lists differ in length
-        return len(self.md) - 1, len(self.html) - 1
-
-    def fill(self, index: tuple[int, int], md: str, html_text: str) -> None:
-        self.md[index[0]], self.html[index[1]] = md, html_text
-
-
-def _anchor(text: str) -> str:
-    return "".join(ch if ch.isalnum() else "-" for ch in text.lower()).strip("-")
-
-
-def _html_table(frame: pd.DataFrame, colours: pd.DataFrame | None) -> str:
-    """An HTML table; a coloured one is a summary matrix, whose short cells never wrap
-    (other tables wrap long cells so that they fit the window)."""
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in frame.columns)
-    rows = []
-    for i in range(len(frame)):
-        cells = []
-        for j, column in enumerate(frame.columns):
-            style = ""
-            if colours is not None:
-                colour = colours.iloc[i, j]
-                style = f' style="background:{colour}"' if colour else ""
-            cells.append(f"<td{style}>{html.escape(str(frame.iloc[i, j]))}</td>")
-        rows.append("<tr>" + "".join(cells) + "</tr>")
-    kind = ' class="matrix"' if colours is not None else ""
-    return (f'<div class="wide"><table{kind}><thead><tr>{head}</tr></thead><tbody>'
-            + "".join(rows) + "</tbody></table></div>")
-
-
-def _close(fig) -> None:
-    import matplotlib.pyplot as plt
-
-    plt.close(fig)
-
-
-def _plt():
-    import matplotlib
-
-    matplotlib.use("Agg")  # reports are written headless (CI, clusters)
-    import matplotlib.pyplot as plt
-    import seaborn as sns
-
-    sns.set_theme(style="whitegrid", context="paper")
-    return plt, sns
-
-
-def _palette(labels, sns) -> dict[str, Any]:
-    """One colour per solver label, the same in every figure of the report."""
-    labels = sorted(set(labels), key=aggregate.natural_key)
-    # qualitative palettes one after the other: a hue wheel ("husl") gives neighbouring
-    # labels (variants of one solver) nearly the same colour once there are more than ten
-    colours = (sns.color_palette("tab10") + sns.color_palette("Dark2")
-               + sns.color_palette("Set1"))
-    if len(labels) > len(colours):
-        colours = sns.color_palette("husl", len(labels))
-    return dict(zip(labels, colours))
 
 
 # --- published numbers ---------------------------------------------------------
@@ -222,7 +83,7 @@ def _published_for(row: pd.Series, published: pd.DataFrame, frame_row: pd.Series
 
 
 # --- header and summary --------------------------------------------------------------------
-def _header(doc: _Document, frame: pd.DataFrame, dirs: list[Path], corrupt: list[Path]) -> None:
+def _header(doc: Document, frame: pd.DataFrame, dirs: list[Path], corrupt: list[Path]) -> None:
     doc.heading("gfbench report", 1)
     runs = frame.drop_duplicates("run_id")
 
@@ -268,7 +129,7 @@ def _matrix_colours(matrix: pd.DataFrame) -> pd.DataFrame:
     return matrix.map(colour)
 
 
-def _summary(doc: _Document, board: pd.DataFrame) -> None:
+def _summary(doc: Document, board: pd.DataFrame) -> None:
     doc.heading("Summary", 2)
     doc.text("Which solver wins, by how much, at what cost: per task and ranking metric, each "
              "solver's rank (#) and median over seeds and data splits in each dimension or "
@@ -292,7 +153,7 @@ def _summary(doc: _Document, board: pd.DataFrame) -> None:
                 doc.text((f"{facet}: " if facet else "") + _winners(rows))
 
 
-def _summary_matrix(doc: _Document, facet: str, axis: str | None, rows: pd.DataFrame) -> None:
+def _summary_matrix(doc: Document, facet: str, axis: str | None, rows: pd.DataFrame) -> None:
     """One facet's matrix with each solver's run time, in as many tables as fit."""
     matrix = leaderboard.matrix(rows)
     times = rows.groupby("solver")["time_run_median"].median()
@@ -389,8 +250,6 @@ def _blocks(matrix: pd.DataFrame, groups: list[str],
 def _seconds(value: float) -> str:
     if value is None or not np.isfinite(value):
         return "—"
-    from runners.estimate import format_duration
-
     return format_duration(value) if value >= 1 else f"{value:.2g} s"
 
 
@@ -432,7 +291,7 @@ def _winners(part: pd.DataFrame) -> str:
 
 
 # --- task sections ------------------------------------------------------------------------
-def _task_section(doc: _Document, task: str, frame: pd.DataFrame, board: pd.DataFrame,
+def _task_section(doc: Document, task: str, frame: pd.DataFrame, board: pd.DataFrame,
                   published: pd.DataFrame) -> None:
     info = aggregate.task_info(task)
     doc.heading(f"Task `{task}`", 2, anchor=f"task-{task}")
@@ -457,7 +316,7 @@ def _task_section(doc: _Document, task: str, frame: pd.DataFrame, board: pd.Data
     ranked = aggregate.final_time_rows(frame.assign(group=aggregate.group_labels(frame)))
     doc.heading(f"{task}: every metric at the ranking time", 3)
     doc.table(_metrics_table(ranked, metrics, published))
-    _figures(doc, task, frame, metrics)
+    task_figures(doc, task, frame, metrics)
     if task == "bayesian_logreg":
         _blr_section(doc, frame, metrics)
     _failures(doc, frame, info)
@@ -467,7 +326,7 @@ def _task_section(doc: _Document, task: str, frame: pd.DataFrame, board: pd.Data
         doc.table(full, collapsed=f"{len(full)} rows: median [IQR] ±Monte Carlo error")
 
 
-def _reference_facts(doc: _Document, frame: pd.DataFrame) -> None:
+def _reference_facts(doc: Document, frame: pd.DataFrame) -> None:
     """A reference's own error as the rows state it (stationarity gap, grid refinement)."""
     if "reference_info" not in frame:
         return
@@ -526,264 +385,6 @@ def _metrics_table(frame: pd.DataFrame, metrics: list[str], published: pd.DataFr
     return table.iloc[order].reset_index(drop=True)
 
 
-# --- figures ------------------------------------------------------------------------------------
-def _figures(doc: _Document, task: str, frame: pd.DataFrame, metrics: list[str]) -> None:
-    ok = frame[frame["status"] == "ok"]
-    plt, sns = _plt()
-    palette = _palette(frame["label"], sns)
-    has_dim = "task.dim" in ok.columns and pd.to_numeric(ok["task.dim"], errors="coerce").nunique() > 1
-    estimators = [m for m in SYMKL_METRICS if m in metrics]
-    if has_dim:
-        data = ok.assign(**{"task.dim": pd.to_numeric(ok["task.dim"])})
-        times = _times_to_show(data)
-        for metric in estimators + [m for m in ("energy",) if m in metrics]:
-            _figure_vs(doc, data[data["t"].isin(times)], palette, "task.dim", "t", metric,
-                       _symlog_metric(metric), f"{task}_{metric}_dim",
-                       f"{task}: median {aggregate.metric_title(metric)} against the "
-                       "dimension, one panel per time, band = interquartile range over seeds.")
-        if data["t"].nunique() > 1:
-            dims = sorted(data["task.dim"].unique())
-            if len(dims) > MAX_TIMES:
-                dims = [dims[i] for i in np.linspace(0, len(dims) - 1, MAX_TIMES).round()
-                        .astype(int)]
-            for metric in estimators:
-                _figure_vs(doc, data[data["task.dim"].isin(dims)], palette, "t", "task.dim",
-                           metric, _symlog_metric(metric), f"{task}_{metric}_t",
-                           f"{task}: median {aggregate.metric_title(metric)} against t, "
-                           f"one panel per dimension ({', '.join(str(int(d)) for d in dims)}).")
-    for metric in leaderboard.ranking_metrics(task, frame):
-        _cost_figure(doc, frame, palette, metric, f"{task}_{metric}_cost")
-    _preview_figures(doc, task, frame, palette)
-    _density_figures(doc, frame, task, palette)
-
-
-def _times_to_show(frame: pd.DataFrame) -> list[float]:
-    """At most MAX_TIMES evaluation times: the ones most solvers share, spread out."""
-    counts = frame.groupby("t")["label"].nunique()
-    shared = counts[counts == counts.max()].index.tolist()
-    if len(shared) <= MAX_TIMES:
-        return sorted(shared)
-    picks = np.linspace(0, len(shared) - 1, MAX_TIMES).round().astype(int)
-    return sorted(shared[i] for i in picks)
-
-
-def _figure_vs(doc: _Document, frame: pd.DataFrame, palette: dict, x: str, facet: str, y: str,
-               log: bool, name: str, caption: str) -> None:
-    """Median ``y`` against ``x`` per solver, one panel per ``facet`` value; ``log`` puts
-    ``y`` on a symlog axis (values at or below 0 are drawn, not dropped)."""
-    plt, sns = _plt()
-    data = frame.assign(**{y: pd.to_numeric(frame[y], errors="coerce")}).dropna(subset=[y, x])
-    n_infinite = int((~np.isfinite(data[y])).sum())
-    data = data[np.isfinite(data[y])]
-    if data.empty or data[x].nunique() < 2:
-        return
-    facets = sorted(data[facet].unique())
-    fig, axes = plt.subplots(1, len(facets), figsize=(4.0 * len(facets), 3.3), squeeze=False,
-                             sharey=True)
-    labels = sorted(data["label"].unique(), key=aggregate.natural_key)
-    for ax, value in zip(axes[0], facets):
-        part = data[data[facet] == value]
-        sns.lineplot(data=part, x=x, y=y, hue="label", palette=palette, estimator="median",
-                     errorbar=("pi", 50), marker="o", ax=ax, legend=False)
-        ax.set_title(f"{facet.replace('task.', '')} = {aggregate.format_number(value)}")
-        ax.set_xlabel(x.replace("task.", ""))
-        ax.set_ylabel(aggregate.metric_title(y) + (" (symlog)" if log else ""))
-    if log:
-        caption += _symlog_axes(axes[0], data[y], data.get(f"{y}_se"), "values")
-    caption += _not_shown(n_infinite, "runs with an infinite value")
-    handles = [plt.Line2D([], [], color=palette[label], marker="o", label=label)
-               for label in labels]
-    axes[0][-1].legend(handles=handles, bbox_to_anchor=(1.02, 1.0), loc="upper left",
-                       fontsize="small", title="solver")
-    doc.figure(fig, name, caption)
-
-
-def _cost_figure(doc: _Document, frame: pd.DataFrame, palette: dict, metric: str,
-                 name: str) -> None:
-    """Median metric against median run time (log axis), one colour per solver, points
-    marked by their dimension (or data set); a divergence on a symlog axis, a predictive
-    metric (accuracy, log-likelihood: any sign) on a linear one."""
-    plt, sns = _plt()
-    ok = frame[frame["status"] == "ok"]
-    ok = aggregate.final_time_rows(ok.assign(group=aggregate.group_labels(ok)))
-    data = ok.assign(value=pd.to_numeric(ok[metric], errors="coerce"),
-                     seconds=pd.to_numeric(ok["time_run"], errors="coerce")
-                     + pd.to_numeric(ok["time_setup"], errors="coerce"))
-    data = data.dropna(subset=["value"])
-    # medians of every value (∞ included) first: dropping values before would bias them
-    data = data.groupby(["label", "group"], as_index=False)[["value", "seconds"]].median()
-    drawable = np.isfinite(data["value"]) & (data["seconds"] > 0)
-    n_hidden = int((~drawable).sum())
-    data = data[drawable]
-    if data.empty:
-        return
-    fig, ax = plt.subplots(figsize=(6.8, 4.4))
-    for label, part in data.groupby("label"):
-        part = part.iloc[sorted(range(len(part)), key=lambda i: aggregate.natural_key(
-            part["group"].iloc[i]))]
-        ax.plot(part["seconds"], part["value"], "-o", color=palette[label], label=label,
-                lw=0.8, ms=4, alpha=0.9)
-        for _, row in part.iterrows():
-            ax.annotate(_short_group(row["group"]), (row["seconds"], row["value"]),
-                        fontsize=6, xytext=(2, 2), textcoords="offset points",
-                        color=palette[label])
-    ax.set_xscale("log")  # run times span milliseconds to minutes
-    ax.set_xlabel("median time per run (set-up + solve) [s], log scale")
-    ax.set_ylabel(f"median {aggregate.metric_title(metric)}")
-    ax.legend(bbox_to_anchor=(1.02, 1.0), loc="upper left", fontsize="small", title="solver")
-    caption = (f"Cost–accuracy: {aggregate.metric_title(metric)} against time per run (log "
-               "axis); one colour per solver, each point one dimension or data set (its "
-               "label), median over seeds at the ranking time.")
-    if _symlog_metric(metric):
-        ax.set_ylabel(f"median {aggregate.metric_title(metric)} (symlog)")
-        caption += _symlog_axes([ax], data["value"], ok.get(f"{metric}_se"), "medians")
-    else:
-        caption += f" The {aggregate.metric_title(metric)} axis is linear."
-    doc.figure(fig, name, caption + _not_shown(n_hidden, "entries with an infinite median "
-                                                         "or no run time"))
-
-
-def _symlog_metric(metric: str) -> bool:
-    """Whether ``metric`` is drawn on a symlog axis: a divergence or error (best value 0),
-    whose values span decades and whose unbiased estimates read 0 ± noise near 0."""
-    return aggregate.lower_is_better(metric) and aggregate.metric_lower_bound(metric) == 0
-
-
-def _linear_threshold(values: pd.Series, se: pd.Series | None) -> tuple[float, str]:
-    """Where a symlog axis turns linear, and why there.
-
-    The values' median Monte Carlo standard error: within it of 0 a value is noise
-    around 0, which a log scale would stretch over decades. A deterministic metric
-    (no standard error) turns at its smallest positive value, so that every positive
-    value is drawn logarithmically. Either is rounded to a power of ten (the standard
-    error to the nearest, the smallest value down).
-    """
-    se = pd.to_numeric(se, errors="coerce") if se is not None else pd.Series(dtype=float)
-    se = se[np.isfinite(se) & (se > 0)]
-    positive = values[np.isfinite(values) & (values > 0)]
-    if len(se):
-        value = float(se.median())
-        why, rounding = "the median Monte Carlo standard error", np.round
-    elif len(positive):
-        # rounded down: the smallest value must stay on the logarithmic part
-        value, why, rounding = float(positive.min()), "the smallest positive value", np.floor
-    else:
-        return 1.0, "no value above 0"
-    # a power of ten: the axis's decade ticks then start where it turns
-    threshold = float(10.0 ** rounding(np.log10(value)))
-    return threshold, f"{why}, {value:.1g}, to a power of ten"
-
-
-def _symlog_axes(axes, values: pd.Series, se: pd.Series | None, what: str) -> str:
-    """Put ``axes`` on one symlog y scale for ``values``; the caption's sentence on it."""
-    threshold, why = _linear_threshold(values, se)
-    for ax in axes:
-        ax.set_yscale("symlog", linthresh=threshold)
-        ax.axhspan(-threshold, threshold, color="0.93", lw=0, zorder=0)
-    n_low = int((values <= 0).sum())
-    text = (f" Symlog axis: linear within ±{threshold:g} (grey band; "
-            f"{why}), logarithmic beyond")
-    return text + (f", so the {n_low} {what} ≤ 0 are drawn too." if n_low else ".")
-
-
-def _not_shown(count: int, what: str) -> str:
-    """The caption's count of what a figure could not draw ('' when nothing)."""
-    return f" Not shown: {what} ({count})." if count else ""
-
-
-def _short_group(group: str) -> str:
-    """``dim=12`` → ``12``; ``dataset=german, protocol=study`` → ``german study``."""
-    parts = [p.split("=", 1)[-1] for p in str(group).split(", ")]
-    return " ".join(parts)
-
-
-def _preview_figures(doc: _Document, task: str, frame: pd.DataFrame, palette: dict) -> None:
-    """Small multiples: each solver's law (seed 0, last time) against the reference."""
-    if "preview" not in frame:
-        return
-    rows = frame[(frame["status"] == "ok")].dropna(subset=["preview"])
-    if rows.empty:
-        return
-    rows = rows.assign(group=aggregate.group_labels(rows))
-    groups = sorted(rows["group"].unique(), key=aggregate.natural_key)
-    if len(groups) > 3:  # the smallest, a middle and the largest configuration
-        groups = [groups[0], groups[len(groups) // 2], groups[-1]]
-    plt, _ = _plt()
-    for group in groups:
-        part = rows[rows["group"] == group].drop_duplicates("label")
-        part = part.iloc[sorted(range(len(part)), key=lambda i: aggregate.natural_key(
-            part["label"].iloc[i]))]
-        n = len(part)
-        cols = min(n, 5)
-        nrows = -(-n // cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(2.6 * cols, 2.4 * nrows), squeeze=False,
-                                 sharex=True, sharey=True)
-        one_d = None
-        for ax, (_, row) in zip(axes.flat, part.iterrows()):
-            data = json.loads(row["preview"])
-            ref, sol = np.asarray(data["reference"]), np.asarray(data["solver"])
-            one_d = ref.shape[1] == 1
-            if one_d:
-                bins = np.linspace(min(ref.min(), sol.min()), max(ref.max(), sol.max()), 40)
-                ax.hist(ref[:, 0], bins=bins, density=True, color="0.8", label="reference")
-                ax.hist(sol[:, 0], bins=bins, density=True, histtype="step",
-                        color=palette[row["label"]], lw=1.4)
-            else:
-                ax.scatter(ref[:, 0], ref[:, 1], s=2, color="0.75", label="reference")
-                ax.scatter(sol[:, 0], sol[:, 1], s=2, color=palette[row["label"]], alpha=0.7)
-            ax.set_title(row["label"], fontsize=8)
-            ax.set_xlabel("x" if one_d else "PC 1", fontsize=7)
-            ax.set_ylabel("density" if one_d else "PC 2", fontsize=7)
-        for ax in list(axes.flat)[n:]:
-            ax.axis("off")
-        kind = ("histograms" if one_d else "the reference's first two principal components "
-                "(grey: reference)")
-        t = aggregate.format_number(part["t"].iloc[0])
-        doc.figure(fig, f"{task}_preview_{_anchor(group)}",
-                   f"{task}, {group}: each solver's law (seed 0, t = {t}) against the reference, "
-                   f"500 points each, {kind}.")
-
-
-def _density_figures(doc: _Document, frame: pd.DataFrame, task: str, palette: dict) -> None:
-    """Densities of one seed over the reference, and the SymKL box plot (Figure 5)."""
-    plt, sns = _plt()
-    ok = frame[(frame["status"] == "ok")]
-    if "curve" not in ok.columns or ok["curve"].isna().all():
-        return
-    with_curve = ok.dropna(subset=["curve"])
-    t_final = with_curve["t"].max()
-    with_curve = with_curve[with_curve["t"] == t_final]
-    seed = with_curve["seed"].min()
-    fig, ax = plt.subplots(figsize=(6.5, 3.6))
-    reference_drawn = False
-    for label, part in with_curve[with_curve["seed"] == seed].groupby("label"):
-        curve = json.loads(part["curve"].iloc[0])
-        if not reference_drawn:
-            ax.fill_between(curve["x"], curve["reference"], color="0.85", label="reference")
-            reference_drawn = True
-        ax.plot(curve["x"], curve["solver"], label=label, lw=1.2, color=palette[label])
-    ax.set_xlabel("x")
-    ax.set_ylabel(f"density at t = {aggregate.format_number(t_final)}")
-    ax.legend(bbox_to_anchor=(1.02, 1.0), loc="upper left", fontsize="small")
-    doc.figure(fig, f"{task}_densities", f"{task}: densities of seed {seed} over the reference.")
-    metric = "symkl_grid" if "symkl_grid" in ok else "symkl"
-    values = ok[ok["t"] == t_final].assign(symkl=pd.to_numeric(ok[metric], errors="coerce"))
-    values = values.dropna(subset=["symkl"])
-    n_infinite = int(np.isinf(values["symkl"]).sum())
-    values = values[np.isfinite(values["symkl"])]
-    if values["label"].nunique() >= 1 and len(values) > 1:
-        fig, ax = plt.subplots(figsize=(6.5, 3.4))
-        sns.boxplot(data=values, x="label", y="symkl", ax=ax, color="0.8")
-        sns.stripplot(data=values, x="label", y="symkl", ax=ax, size=3, color="k")
-        ax.set_xlabel("")
-        ax.tick_params(axis="x", rotation=30)
-        ax.set_ylabel(aggregate.metric_title(metric) + " (symlog)")
-        caption = (f"{task}: {aggregate.metric_title(metric)} to the reference over seeds."
-                   + _symlog_axes([ax], values["symkl"], values.get(f"{metric}_se"), "values")
-                   + _not_shown(n_infinite, "infinite values"))
-        doc.figure(fig, f"{task}_symkl_box", caption)
-
-
 #: what each ``bayesian_logreg`` protocol means, for the table headings
 BLR_PROTOCOLS = {
     "gfbench": "each data set's own train/test split, z-scored features, intercept, "
@@ -834,7 +435,7 @@ def _paired_differences(part: pd.DataFrame, dataset_col: str, metric: str,
     return table
 
 
-def _blr_section(doc: _Document, frame: pd.DataFrame, metrics: list[str]) -> None:
+def _blr_section(doc: Document, frame: pd.DataFrame, metrics: list[str]) -> None:
     """Per protocol and data set, predictive metrics per solver beside the published Table 2."""
     dataset_col = next((c for c in ("task.dataset", "task.data") if c in frame.columns), None)
     if dataset_col is None:
@@ -883,7 +484,7 @@ def _blr_section(doc: _Document, frame: pd.DataFrame, metrics: list[str]) -> Non
             doc.table(table)
 
 
-def _failures(doc: _Document, frame: pd.DataFrame, info: dict) -> None:
+def _failures(doc: Document, frame: pd.DataFrame, info: dict) -> None:
     """Failed runs, and ok runs whose ranking metric is ∞, invalid or missing where it applies."""
     failed = frame[frame["status"].isin(aggregate.FAILED_STATUSES)].drop_duplicates("run_id")
     flagged = []
@@ -914,19 +515,6 @@ def _failures(doc: _Document, frame: pd.DataFrame, info: dict) -> None:
               collapsed=f"{len(table)} runs" if len(table) > 20 else None)
 
 
-HTML_HEAD = """<!doctype html><html><head><meta charset="utf-8"><title>gfbench report</title>
-<style>body{font-family:system-ui,sans-serif;max-width:1500px;margin:2em auto;padding:0 1em;
-line-height:1.4}table{border-collapse:collapse;font-size:0.76em;margin:0.6em 0}
-td,th{border-bottom:1px solid #ddd;padding:2px 5px;text-align:left;vertical-align:top}
-.matrix td,.matrix th{white-space:nowrap}p.caption{font-weight:600;margin:0.9em 0 0}
-.facets{display:flex;flex-wrap:wrap;gap:0 2.5em;align-items:flex-start}.facet{max-width:100%}
-.facet>p.caption:first-child{margin-top:0.3em}
-th{position:sticky;top:0;background:#fafafa}.wide{overflow-x:auto;max-width:100%}
-figure{margin:1em 0}img{max-width:100%}figcaption{font-size:0.85em;color:#555}
-details{margin:0.4em 0}summary{cursor:pointer;color:#235}nav ul{columns:2}</style>
-</head><body>"""
-
-
 def write_report(dirs: list[Path], out: Path, frame: pd.DataFrame | None = None,
                  corrupt: list[Path] | None = None) -> dict[str, Any]:
     """Write ``report.md``, ``report.html`` and ``figures/`` under ``out``.
@@ -943,7 +531,7 @@ def write_report(dirs: list[Path], out: Path, frame: pd.DataFrame | None = None,
     (out / "figures").mkdir(parents=True, exist_ok=True)
     if frame is None:
         frame, corrupt = store.load_checked(dirs)
-    doc = _Document(out / "figures")
+    doc = Document(out / "figures")
     if frame.empty:
         doc.heading("gfbench report", 1)
         doc.text("No finished runs in " + ", ".join(map(str, dirs)) + ".")

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from runners import registry
+from execution import registry
 
 #: default root entropy of every seed (change it to draw a new family of runs)
 DEFAULT_ENTROPY = 2021_1206

@@ -18,7 +18,9 @@ Schema (TOML shown; YAML has the same keys)::
 Several ``[[grid]]`` blocks, each with its own ``tasks`` and ``solvers``
 tables, cross only within a block (e.g. JKO settings per task); a block may
 set its own ``seeds`` (``--seeds`` on the command line overrides every block).
-Unknown keys are errors, never ignored.
+Unknown keys are errors, never ignored. A memory size (a profile's
+``max_memory``, ``--max-memory``) is read by :func:`parse_size`, here because
+both the profiles and the options need it.
 """
 from __future__ import annotations
 
@@ -28,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from runners.grid import BadInput, GridBlock, RunConfig, parse_seeds
+from execution.grid import BadInput, GridBlock, RunConfig, parse_seeds
 
 BUILTIN_DIR = Path(__file__).resolve().parent / "profiles"
 TOP_KEYS = {"description", "run", "tasks", "solvers", "grid"}
@@ -131,7 +133,19 @@ def to_config(data: dict[str, Any]) -> RunConfig:
                 raise BadInput(f"profile: run.{key} must be a string, got {run[key]!r}")
             setattr(config, key, run[key])
     if "max_memory" in run:
-        from runners.cli import parse_size
-
         config.max_memory = parse_size(run["max_memory"])
     return config
+
+
+def parse_size(text: str | int) -> int:
+    """``4G``, ``512M``, ``1.5GB`` or a number of bytes -> bytes (BadInput otherwise)."""
+    units = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+    raw = str(text).strip().upper().removesuffix("B").removesuffix("I")
+    unit = raw[-1] if raw and raw[-1] in units else ""
+    try:
+        value = float(raw[:-1] if unit else raw) * units[unit]
+    except ValueError:
+        raise BadInput(f"bad memory size {text!r}: expected e.g. 4G, 512M or bytes") from None
+    if not value >= 2**27 or value != value or value > 2**50:
+        raise BadInput(f"memory size {text!r} must be at least 128M")
+    return int(value)
