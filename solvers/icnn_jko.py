@@ -213,84 +213,151 @@ def icnn_potential(params: Params, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.nn.functional.softplus(u) @ params["c"] + 0.5 * eps * (x * x).sum(1)
 
 
-def quadratic_form(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def symmetric_packing(dim: int, device: torch.device | str = "cpu"
+                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Index maps between a symmetric ``(D, D)`` matrix and its P = D(D+1)/2 packed entries.
+
+    Returns ``rows, cols (P,)`` (the upper triangle d <= e, row by row) and
+    ``full (D*D,)``, the packed position of each entry (d, e) of the full matrix.
+    """
+    rows, cols = torch.triu_indices(dim, dim, device=device)
+    pos = torch.empty(dim, dim, dtype=torch.long, device=device)
+    packed = torch.arange(rows.shape[0], device=device)
+    pos[rows, cols] = packed
+    pos[cols, rows] = packed
+    return rows, cols, pos.reshape(-1)
+
+
+def packed_quadratic_form(params: Params
+                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Each pre-activation is quadratic in x: u_j(x) = ½xᵀK_j x + B_jᵀx + a_j.
 
-    Returns ``K (w, D, D)`` (symmetric, PSD since Z ≥ 0), ``B (D, w)`` and ``a (w,)``;
-    parameter-only work, differentiable. Σ_r Q_rj Q_rjᵀ is formed elementwise
-    over (D, D, r, w): a few hundred thousand products, where a batched matmul
-    over the w units pays a call per unit.
+    Returns ``K (P, w)``, the upper triangles (d <= e, :func:`symmetric_packing`)
+    of the symmetric K_j ⪰ 0 (PSD since Z ≥ 0) as columns, ``B (D, w)`` and
+    ``a (w,)``; parameter-only work, differentiable. K_j = 2(Σ_i Z_ji Σ_r Q1_ri Q1_riᵀ
+    + Σ_r Q2_rj Q2_rjᵀ) on the P entries only: half the products of the full
+    (D, D, r, w) broadcast, and half the columns in every GEMM that contracts
+    with K (the pre-activations, Σ_j v_j K_j and their gradients).
     """
     dim, width = params["W1"].shape[1], params["b1"].shape[0]
+    rows, cols, _ = symmetric_packing(dim, params["Q1"].device)
     q1 = params["Q1"].view(dim, -1, width)
     q2 = params["Q2"].view(dim, -1, width)
-    s1 = (q1[:, None] * q1[None, :]).sum(2).reshape(dim * dim, width).T
-    s2 = (q2[:, None] * q2[None, :]).sum(2).reshape(dim * dim, width).T
-    curv = 2.0 * (params["Z"] @ s1 + s2).view(width, dim, dim)
+    s1 = (q1[rows] * q1[cols]).sum(1)                          # (P, w)
+    s2 = (q2[rows] * q2[cols]).sum(1)
+    curv = 2.0 * torch.addmm(s2, s1, params["Z"].T)
     lin = (params["Z"] @ params["W1"] + params["W2"]).T
     const = params["Z"] @ params["b1"] + params["b2"]
     return curv, lin, const
 
 
-class WeightedGram(torch.autograd.Function):
-    """O_n = J_n diag(w_n) J_nᵀ for ``J (n, D, w)``, ``w (n, w)``, with a one-bmm backward.
+#: elements of one row block of the (rows, D, w) input-Jacobian tensor in the Gram
+#: products (float32: 2 MB): see ``gram_rows`` and the module docstring
+GRAM_BLOCK = 2 ** 19
 
-    Autograd through ``bmm(J * w, Jᵀ)`` takes two batched products for the
-    two operands; O is symmetric, so with S = G + Gᵀ one product M = S J gives
-    both ∂/∂J = M diag(w) and ∂/∂w_j = ½ Σ_d M_dj J_dj.
+
+def gram_rows(n: int, dim: int, width: int) -> int:
+    """Rows per block of the Gram products: ``GRAM_BLOCK`` elements, 64 to n rows."""
+    return max(1, min(n, max(64, GRAM_BLOCK // (dim * width))))
+
+
+def _jacobian_block(xt: torch.Tensor, table: torch.Tensor, start: int, rows: int,
+                    width: int) -> torch.Tensor:
+    """∇u_j(x_n) for the rows ``start:start+rows`` -> ``(rows, D, w)``: [x, 1] @ [K; Bᵀ]."""
+    block = xt[start:start + rows] @ table
+    return block.view(block.shape[0], -1, width)
+
+
+class LinearGram(torch.autograd.Function):
+    """H_n = base_n + J_n diag(w_n) J_nᵀ with J_n = ([x_n, 1] @ table).view(D, w), in row blocks.
+
+    Inputs ``xt (n, D+1)`` (constant), ``table (D+1, D*w)``, ``weight (n, w)``,
+    ``base (n, D, D)``, ``rows`` (block size). The (n, D, w) tensor J is never
+    formed whole: each block of ``rows`` rows is built by one GEMM, used while it
+    is in cache, and rebuilt in the backward pass, which needs per block one
+    product M = S J (S = G + Gᵀ; H is symmetric) for ∂/∂J = M diag(w) and
+    ∂/∂w_j = ½ Σ_d M_dj J_dj, and one GEMM ∂/∂table += [x, 1]ᵀ ∂/∂J.
     """
 
     @staticmethod
-    def forward(ctx, jac: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(jac, weight)
-        return torch.bmm(jac * weight[:, None, :], jac.transpose(1, 2))
+    def forward(ctx, xt: torch.Tensor, table: torch.Tensor, weight: torch.Tensor,
+                base: torch.Tensor, rows: int) -> torch.Tensor:
+        ctx.save_for_backward(xt, table, weight)
+        ctx.rows = rows
+        out = base.clone()
+        width = weight.shape[1]
+        for start in range(0, xt.shape[0], rows):
+            jac = _jacobian_block(xt, table, start, rows, width)
+            block = out[start:start + rows]
+            block.baddbmm_(jac * weight[start:start + rows, None, :], jac.transpose(1, 2))
+        return out
 
     @staticmethod
     def backward(ctx, grad_out: torch.Tensor):
-        jac, weight = ctx.saved_tensors
-        m = torch.bmm(grad_out + grad_out.transpose(1, 2), jac)
-        return m * weight[:, None, :], 0.5 * (m * jac).sum(1)
+        xt, table, weight = ctx.saved_tensors
+        rows, width = ctx.rows, weight.shape[1]
+        sym = grad_out + grad_out.transpose(1, 2)
+        d_table = torch.zeros_like(table)
+        d_weight = torch.empty_like(weight)
+        for start in range(0, xt.shape[0], rows):
+            stop = min(start + rows, xt.shape[0])
+            jac = _jacobian_block(xt, table, start, rows, width)
+            m = torch.bmm(sym[start:stop], jac)
+            torch.sum(m * jac, 1, out=d_weight[start:stop])
+            m *= weight[start:stop, None, :]
+            d_table.addmm_(xt[start:stop].T, m.view(stop - start, -1))
+        return None, d_table, d_weight.mul_(0.5), grad_out, None
 
 
 def icnn_grad_hess(params: Params, x: torch.Tensor, eps: float, hessian: bool = True
                    ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Closed-form ∇ψ ``(n, D)`` and ∇²ψ ``(n, D, D)`` (None unless ``hessian``).
 
-    With u_j = ½xᵀK_j x + B_jᵀx + a_j (:func:`quadratic_form`) and v = c ⊙ σ(u),
+    With u_j = ½xᵀK_j x + B_jᵀx + a_j (:func:`packed_quadratic_form`) and v = c ⊙ σ(u),
 
-    - every u_j at once is ONE GEMM on the outer products x xᵀ (n × D²),
+    - every u_j at once is ONE GEMM on the packed outer products x_d x_e, d <= e
+      (n × D(D+1)/2; the diagonal weighted ½),
     - ∇ψ = (Σ_j v_j K_j) x + B v + εx, where Σ_j v_j K_j is also the Hessian's
-      curvature term (one GEMM, n × D × D),
+      curvature term (one GEMM on the packed entries, then unpacked),
     - ∇²ψ = Σ_j c_jσ'(u_j)∇u_j∇u_jᵀ + Σ_j v_j K_j + εI, with ∇u_j = K_j x + B_j
-      for all units from ONE GEMM on [x, 1] and the first sum a weighted Gram
-      (:class:`WeightedGram`).
+      for all units from one GEMM on [x, 1] per row block and the first sum a
+      weighted Gram (:class:`LinearGram`).
 
-    No (n, D, w) tensor is built unless the Hessian is asked for. Measured in
-    tests/benchmarks/bench_icnn_jko.py against the previous version of this
-    function (broadcast products over (n, D, w) for u and ∇ψ; autograd through
-    the Gram matrix), same gradients to 1e-15 in float64.
-    Differentiable with respect to the parameters.
+    Measured in tests/benchmarks/bench_icnn_jko.py against the previous version
+    of this function (icnn_baseline.round2_grad_hess); same loss gradients to
+    1e-12 in float64 (tests/test_icnn_jko.py). Differentiable with respect to
+    the parameters.
     """
-    n, dim = x.shape
-    curv, lin, const = quadratic_form(params)
-    width = const.shape[0]
-    curv_flat = curv.view(width, dim * dim)
-    xx = (x[:, :, None] * x[:, None, :]).reshape(n, dim * dim)
-    u = torch.addmm(const, xx, curv_flat.T, alpha=0.5) + x @ lin
-    s = torch.sigmoid(u)
-    v = s * params["c"]                                       # ∂ψ/∂u >= 0, (n, w)
-    inner = (v @ curv_flat).view(n, dim, dim)                 # Σ_j v_j K_j
-    grad = torch.bmm(inner, x.unsqueeze(2)).squeeze(2) + v @ lin.T + eps * x
+    grad, inner, features = _grad_and_curvature(params, x, eps, hessian)
     if not hessian:
         return grad, None
-    # ju[n, :, j] = ∇u_j(x_n) = K_j x_n + B_j: the rows [K; Bᵀ] times [x, 1]
-    table = torch.cat([curv.permute(1, 2, 0).reshape(dim, dim * width),
-                       lin.reshape(1, dim * width)], 0)
-    ones = torch.ones(n, 1, dtype=x.dtype, device=x.device)
-    ju = (torch.cat([x, ones], 1) @ table).view(n, dim, width)
+    xt, table, weight = features
+    base = inner + eps * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
+    rows = gram_rows(x.shape[0], x.shape[1], weight.shape[1])
+    return grad, LinearGram.apply(xt, table, weight, base, rows)
+
+
+def _grad_and_curvature(params: Params, x: torch.Tensor, eps: float, hessian: bool):
+    """∇ψ, Σ_j v_j K_j ``(n, D, D)`` and (with ``hessian``) the Gram's inputs ``(xt, table, weight)``."""
+    n, dim = x.shape
+    curv, lin, const = packed_quadratic_form(params)
+    width = const.shape[0]
+    rows, cols, full = symmetric_packing(dim, x.device)
+    half = torch.where(rows == cols, 0.5, 1.0).to(x.dtype)
+    xx = x[:, rows] * x[:, cols] * half                      # (n, P)
+    u = torch.addmm(const, xx, curv) + x @ lin
+    s = torch.sigmoid(u)
+    v = s * params["c"]                                       # ∂ψ/∂u >= 0, (n, w)
+    inner = (v @ curv.T)[:, full].view(n, dim, dim)           # Σ_j v_j K_j
+    # a broadcast product, not bmm(inner, x): the bmm's backward is an outer-product bmm
+    grad = (inner * x[:, None, :]).sum(2) + v @ lin.T + eps * x
+    if not hessian:
+        return grad, inner, None
+    # ∇u_j(x_n) = K_j x_n + B_j: the rows [K; Bᵀ] (K symmetric: row e of K_j = column e)
+    table = torch.cat([curv[full].view(dim, dim * width), lin.reshape(1, dim * width)], 0)
+    xt = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], 1)
     weight = params["c"] * s * (1.0 - s)                      # (n, w) >= 0
-    eye = torch.eye(dim, dtype=x.dtype, device=x.device)
-    return grad, WeightedGram.apply(ju, weight) + inner + eps * eye
+    return grad, inner, (xt, table, weight)
 
 
 def _cholesky_with_jitter(hess: torch.Tensor, max_tries: int = 4

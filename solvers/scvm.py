@@ -44,8 +44,9 @@ Divergence
 forward-mode differentiation written into the forward pass. The D unit
 vectors enter as tangent rows through the x columns of the first layer and
 are pushed through each Dense (one GEMM over points × rows), LayerNorm
-((dh − mean dh − n·mean(n·dh))·γ/σ) and SiLU (σ(h)(1 + h(1 − σ(h)))); only
-the diagonal of the head's Jacobian is formed and the skip adds tr(UᵀV).
+((dh − n(n·dh)/width)·γ/σ, the mean over the units removed inside the GEMM by
+centred weights) and SiLU (σ(h)(1 + h(1 − σ(h)))); only the diagonal of the
+head's Jacobian is formed and the skip adds tr(UᵀV).
 This is the quantity the authors get from D forward/backward passes, here in
 one pass of plain tensor operations, so the loss is differentiated by
 ordinary autograd (no double backward).
@@ -222,6 +223,38 @@ rank 20 0.039 / 0.048, rank 32 0.029 / 0.031, at the same cost (≈ 220 s); stil
 above ICNN-JKO (0.019 median on seeds 0–2). At D = 64 (rank 20) the density is
 unusable: SymKL 1.7 / 1.2 / 10.3, relative covariance error 0.18–0.36 against
 the oracle's 0.07 (6.5 min of training, peak RSS 1.73 GB).
+
+Speed (issue #36; one iteration at batch 256, K = 10, width 64, one thread)
+--------------------------------------------------------------------------
+Profiled first (torch.profiler): at D = 2 the no-grad ODE was 44 % of an
+iteration (≈ 160 RK4 stage evaluations of ~40 small operations each: the
+LayerNorm written out elementwise), the loss's backward 43 %, dominated by
+the broadcast products over the (points, rows, width) tangents and their
+backward; at D = 10 most of the rest was fresh-memory page faults of those
+7 MB tangent temporaries (the same iteration took 124 instead of 204 ms with
+glibc's mmap threshold raised, as a run process has it). Changes, all with
+the same values (float64: 1e-12; tests/test_scvm.py keeps the previous code
+as the reference): the ODE's evaluations use the fused LayerNorm and SiLU
+kernels (:func:`_velocity_only`, 12 operations); LayerNorm's mean removal is
+folded into centred weights (:func:`_centred`), n·dh needs no centring, the
+tangent rows are held row-major (P, T, B, width) so per-point factors
+broadcast over the leading axis, the last layer's scale is applied after
+contracting the rows with the head (one big product fewer), and Adam runs
+``foreach`` over the 34 tensors (the same arithmetic). Measured, old → new,
+on a loaded 2-core machine (load 1.8): D = 2 85 → 51 ms, D = 10 204 → 108 ms;
+150 iterations on OU D = 2 / 4 leave samples within 1.4e-6 and log-densities
+within 5e-5 (float32) of the previous code.
+Against the authors' JAX code (tests/benchmarks/bench_authors_jax.py: same
+network, batch, times and loss, their Dopri5 at 1e-4 against our RK4 at 32
+steps per unit time; two worker processes on one core, stepped alternately,
+medians of each process's CPU time; 2026-12-04, load 0.9): 1.07× at D = 2
+(57.8 ms theirs, 54.3 ms ours), 1.56× at D = 10 (137.8 / 88.1 ms). Short of
+the issue's 2×: our fixed-step ODE takes ≈ 160 sequential network evaluations
+per iteration whatever the field (≈ 130 µs each at D = 2, mostly the two
+256 × 64 × 64 GEMMs and three LayerNorms: ≈ 40 % of the iteration), where
+their adaptive Dopri5 takes as many as the field needs (not counted here); a
+cheaper ODE would change the committed numbers, and the loss's tangent
+products (≈ 45 %) would need a hand-written backward like sbtm's.
 
 Seeds: ``setup`` splits its SeedSequence into the training stream (ρ0 draws,
 times, data minibatches), the initial weights (a CPU torch.Generator), the
@@ -418,12 +451,11 @@ def velocity(params: Params, x: torch.Tensor, feats: TimeFeatures,
     """v_θ(t, x) and optionally its divergence, for points ``x (T, B, D)`` at T times.
 
     The trunk is concat[x, emb(t)] → 3 × [Dense → LayerNorm → SiLU] → Dense D;
-    the skip adds M(t)x + c(t). The divergence is computed in the same pass by
-    forward-mode differentiation written out layer by layer: tangent rows
-    e_p (the probes) enter through the first layer's x columns and are pushed
-    through each Dense (one GEMM over all points × rows), LayerNorm (its
-    Jacobian: (dh − mean dh − n·mean(n dh))/σ, scaled) and SiLU (σ(h)(1 + h(1 − σ(h)))).
-    Plain tensor operations, so the loss is differentiated by ordinary autograd
+    the skip adds M(t)x + c(t). Without a divergence the fused LayerNorm and
+    SiLU kernels do it in a dozen operations (:func:`_velocity_only`). The
+    divergence is computed in the same pass by forward-mode differentiation
+    written out layer by layer (:func:`_velocity_and_divergence`). Plain tensor
+    operations either way, so the loss is differentiated by ordinary autograd
     (no double backward).
 
     Parameters
@@ -445,53 +477,110 @@ def velocity(params: Params, x: torch.Tensor, feats: TimeFeatures,
     div : Tensor (T, B) or None
         None unless ``probes`` is given or ``exact_div``.
     """
+    if probes is None and not exact_div:
+        return _velocity_only(params, x, feats), None
+    return _velocity_and_divergence(params, x, feats, probes)
+
+
+def _skip_and_head(params: Params, h: torch.Tensor, x: torch.Tensor, feats: TimeFeatures
+                   ) -> torch.Tensor:
+    """Dense head of the trunk plus the skip M(t)x + c(t): ``(T, B, D)``."""
+    head = torch.nn.functional.linear(h, params["out.w"], params["out.b"])
+    return torch.baddbmm(head + feats.skip_bias[:, None, :], x, feats.skip.transpose(1, 2))
+
+
+def _velocity_only(params: Params, x: torch.Tensor, feats: TimeFeatures) -> torch.Tensor:
+    """v_θ at ``x (T, B, D)`` with the fused LayerNorm / SiLU kernels (no tangents).
+
+    The ODE's hundreds of evaluations per training iteration are this call on
+    (1, B, D); each elementwise step of a hand-written LayerNorm was a separate
+    pass and a separate dispatch (module docstring: 40 → 12 operations).
+    """
     dim = x.shape[-1]
-    w0 = params["h0.w"][:, :dim]
-    h = x @ w0.T + feats.shift[:, None, :]
-    if exact_div:
-        tangent = w0.T                                      # (D, width): row d = J_h0 e_d
-    elif probes is not None:
-        tangent = probes @ w0.T                             # (..., P, width)
-    else:
-        tangent = None
+    width = params["h0.w"].shape[0]
+    h = torch.baddbmm(feats.shift[:, None, :], x, params["h0.w"][:, :dim].T.expand(
+        x.shape[0], dim, width))
     for k in range(DEPTH):
         if k > 0:
             h = _dense(params, f"h{k}", h)
-            if tangent is not None:
-                tangent = tangent @ params[f"h{k}.w"].T
-        mean = h.mean(-1, keepdim=True)
-        centred = h - mean
-        inv_std = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + LN_EPS)
-        normed = centred * inv_std
+        h = torch.nn.functional.silu(torch.nn.functional.layer_norm(
+            h, (width,), params[f"ln{k}.g"], params[f"ln{k}.b"], LN_EPS))
+    return _skip_and_head(params, h, x, feats)
+
+
+def _centred(weight: torch.Tensor, bias: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A Dense layer whose outputs have their mean over the units removed.
+
+    LayerNorm subtracts the mean over units from the pre-activation and from
+    its tangents; subtracting the mean row of the weight (and the mean bias)
+    does it inside the GEMM instead of in a pass over (points × rows × width).
+    """
+    return (weight - weight.mean(0, keepdim=True),
+            None if bias is None else bias - bias.mean())
+
+
+def _velocity_and_divergence(params: Params, x: torch.Tensor, feats: TimeFeatures,
+                             probes: torch.Tensor | None
+                             ) -> tuple[torch.Tensor, torch.Tensor]:
+    """v_θ and its divergence by tangents pushed through the layers.
+
+    Tangent rows e_p (the D unit vectors, or probes) are held row-major
+    ``(P, T, B, width)`` so that every per-point factor broadcasts over the
+    leading axis. Through a layer, with u = centred pre-activation (the
+    centring folded into the weights, :func:`_centred`), n = u/σ and
+    y = γ ⊙ n + β, the tangent is
+
+        du → (du − n (n·du)/width) ⊙ γ σ⁻¹ silu'(y),
+
+    since n·1 = 0 makes the mean-removal of (n·du) redundant. For the unit
+    vectors the first layer's tangents are the columns of W0 shared by all
+    points, so n·du is one GEMM there. Only the diagonal of the head's
+    Jacobian is formed (exact), or the probes' quadratic forms (Hutchinson).
+    """
+    dim = x.shape[-1]
+    w0, _ = _centred(params["h0.w"][:, :dim])
+    h_bias = feats.shift - feats.shift.mean(-1, keepdim=True)
+    u = torch.baddbmm(h_bias[:, None, :], x, w0.T.expand(x.shape[0], dim, w0.shape[0]))
+    if probes is None:
+        rows = None
+        tangent = w0.T[:, None, None, :]                    # (D, 1, 1, width), shared
+    else:
+        rows = probes.movedim(-2, 0) if probes.dim() == 4 else probes[:, None, None, :]
+        tangent = rows @ w0.T                               # (P, T|1, B|1, width)
+    for k in range(DEPTH):
+        if k > 0:
+            weight, bias = _centred(params[f"h{k}.w"], params[f"h{k}.b"])
+            u = torch.nn.functional.linear(h, weight, bias)
+            tangent = tangent @ weight.T
+        width = u.shape[-1]
+        inv_std = torch.rsqrt(u.pow(2).mean(-1, keepdim=True) + LN_EPS)
+        normed = u * inv_std
         gamma = params[f"ln{k}.g"]
-        h = normed * gamma + params[f"ln{k}.b"]
-        sig = torch.sigmoid(h)
-        if tangent is not None:
-            # LayerNorm then SiLU: (dh − mean(dh) − n·mean(n·dh)) · γ σ⁻¹ silu'(h), with
-            # the three scalings folded into one (the elementwise passes over the
-            # (…, P, width) tangents cost as much as the GEMMs on a CPU)
-            width = h.shape[-1]
-            scale = inv_std * gamma * sig * (1.0 + h * (1.0 - sig))
-            along_n = torch.einsum("...pw,...w->...p", tangent, normed) if tangent.dim() > 2 \
-                else normed @ tangent.T
-            tangent = (tangent - tangent.sum(-1, keepdim=True) / width
-                       - normed.unsqueeze(-2) * (along_n / width).unsqueeze(-1)) \
-                * scale.unsqueeze(-2)
-        h = h * sig
-    v = (_dense(params, "out", h)
-         + torch.einsum("tij,tbj->tbi", feats.skip, x) + feats.skip_bias[:, None, :])
-    if tangent is None:
-        return v, None
-    if exact_div:
-        # Σ_d (J e_d)_d: only the diagonal of the head's output is needed
-        div = (tangent * params["out.w"]).sum((-1, -2))
-        div = div + feats.skip.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None]
-        return v, div
-    jac_rows = tangent @ params["out.w"].T                  # (..., P, D): J e_p (trunk)
-    skip_rows = torch.einsum("tij,tbpj->tbpi", feats.skip,
-                             probes.expand(*x.shape[:2], *probes.shape[-2:]))
-    div = ((jac_rows + skip_rows) * probes).sum(-1).mean(-1)
-    return v, div
+        y = torch.addcmul(params[f"ln{k}.b"], normed, gamma)
+        sig = torch.sigmoid(y)
+        # γ σ⁻¹ silu'(y), one (T, B, width) factor for all tangent rows
+        scale = (inv_std * gamma) * sig * (1.0 + y * (1.0 - sig))
+        if tangent.shape[1] == tangent.shape[2] == 1:       # rows shared by all points
+            along = (normed @ tangent[:, 0, 0, :].T).movedim(-1, 0)   # (P, T, B)
+        else:
+            along = (tangent * normed).sum(-1)
+        pre = torch.addcmul(tangent, normed, along.unsqueeze(-1), value=-1.0 / width)
+        h = y * sig
+        if k + 1 == DEPTH and rows is None:
+            break
+        tangent = pre * scale
+    v = _skip_and_head(params, h, x, feats)
+    if rows is None:
+        # Σ_d (J e_d)_d: only the diagonal of the head's output is needed, contracted over
+        # the rows before the last layer's scale (one (P, T, B, width) product fewer)
+        on_diag = (pre * params["out.w"][:, None, None, :]).sum(0)
+        div = (on_diag * scale).sum(-1)
+        return v, div + feats.skip.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None]
+    jac_rows = tangent @ params["out.w"].T                  # (P, T, B, D): J e_p (trunk)
+    skip_rows = torch.einsum("tij,ptbj->ptbi", feats.skip,
+                             rows.expand(rows.shape[0], *x.shape[:2], dim))
+    return v, ((jac_rows + skip_rows) * rows).sum(-1).mean(0)
 
 
 # ------------------------------------------------------------------------ integration
@@ -522,9 +611,9 @@ def rk4_path(params: Params, x: torch.Tensor, t_from: float, t_to: float, n_step
         for step in range(n_steps):
             k = 2 * step
             k1, l1 = field(k, x)
-            k2, l2 = field(k + 1, x + 0.5 * h * k1)
-            k3, l3 = field(k + 1, x + 0.5 * h * k2)
-            k4, l4 = field(k + 2, x + h * k3)
+            k2, l2 = field(k + 1, torch.add(x, k1, alpha=0.5 * h))
+            k3, l3 = field(k + 1, torch.add(x, k2, alpha=0.5 * h))
+            k4, l4 = field(k + 2, torch.add(x, k3, alpha=h))
             x = x + (h / 6.0) * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
             if track:
                 logp = logp + (h / 6.0) * (l1 + 2.0 * l2 + 2.0 * l3 + l4)
@@ -677,36 +766,52 @@ class Scvm(Solver):
         return lambda y: -task.grad_potential_torch(y, task.data_batch(size, self.rng))
 
     # run ----------------------------------------------------------------------------
+    def training_state(self) -> tuple[Params, torch.optim.Optimizer]:
+        """Fresh trainable copies of the initial weights and their Adam optimiser."""
+        params = {k: v.detach().clone().requires_grad_(True) for k, v in self.params0.items()}
+        # foreach: one dispatch per step for all 34 tensors, the single-tensor arithmetic
+        optimizer = torch.optim.Adam(list(params.values()), lr=float(self.params["lr"]),
+                                     betas=ADAM_BETAS, foreach=True)
+        return params, optimizer
+
+    def train_iteration(self, params: Params, optimizer: torch.optim.Optimizer,
+                        drift_fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        """One outer iteration (module docstring): fresh times and x0, the frozen ODE,
+        one Adam step on the IBP loss. Returns the loss (the step already taken)."""
+        p = self.params
+        batch, n_times = int(p["batch_size"]), int(p["n_times"])
+        n_probes, dim = int(p["hutchinson"]), self.task.dim
+        # stratified times shared by the batch, t = 0 included (the authors' sampler)
+        strata = (np.arange(n_times) + self.rng.random(n_times)) * self.horizon / n_times
+        times = self._tensor(np.concatenate([[0.0], strata]))
+        x0 = self._tensor(self.task.sample_initial(batch, self.rng))
+        x = trajectory_at(params, x0, times[1:], float(self.steps_per_unit))
+        x = torch.cat([x0[None], x])
+        with torch.no_grad():
+            drift = drift_fn(x.reshape(-1, dim)).reshape(x.shape)
+        probes = None
+        if n_probes:
+            probes = torch.randn(*x.shape[:2], n_probes, dim, generator=self.probe_gen,
+                                 dtype=self.dtype, device=self.device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = ibp_loss(params, x, times, drift, float(self.task.beta), probes)
+        loss.backward()
+        optimizer.step()
+        return loss.detach()
+
     def run(self):
         p = self.params
-        iters, batch, n_times = int(p["iters"]), int(p["batch_size"]), int(p["n_times"])
-        steps, beta = float(self.steps_per_unit), float(self.task.beta)
-        n_probes, dim = int(p["hutchinson"]), self.task.dim
+        iters = int(p["iters"])
         lr, lr_final = float(p["lr"]), float(p["lr_final"])
         drift_fn = self._drift_fn()
-        params = {k: v.detach().clone().requires_grad_(True) for k, v in self.params0.items()}
-        optimizer = torch.optim.Adam(list(params.values()), lr=lr, betas=ADAM_BETAS)
+        params, optimizer = self.training_state()
+        n_probes = int(p["hutchinson"])
         losses = np.empty(iters)
         start = time.perf_counter()
         for i in range(iters):
             optimizer.param_groups[0]["lr"] = lr * cosine_factor(i, iters, lr_final)
-            # stratified times shared by the batch, t = 0 included (the authors' sampler)
-            strata = (np.arange(n_times) + self.rng.random(n_times)) * self.horizon / n_times
-            times = self._tensor(np.concatenate([[0.0], strata]))
-            x0 = self._tensor(self.task.sample_initial(batch, self.rng))
-            x = trajectory_at(params, x0, times[1:], steps)
-            x = torch.cat([x0[None], x])
-            with torch.no_grad():
-                drift = drift_fn(x.reshape(-1, dim)).reshape(x.shape)
-            probes = None
-            if n_probes:
-                probes = torch.randn(*x.shape[:2], n_probes, dim, generator=self.probe_gen,
-                                     dtype=self.dtype, device=self.device)
-            optimizer.zero_grad(set_to_none=True)
-            loss = ibp_loss(params, x, times, drift, beta, probes)
-            loss.backward()
-            optimizer.step()
-            losses[i] = float(loss.detach())
+            loss = self.train_iteration(params, optimizer, drift_fn)
+            losses[i] = float(loss)
             if not math.isfinite(losses[i]):
                 raise FloatingPointError(
                     f"scvm: loss is {losses[i]} at iteration {i}; a flow that blows up "

@@ -9,10 +9,13 @@ import torch
 
 from solvers.base import RunContext
 from solvers.sbtm import (
+    Adam,
     Sbtm,
     fit_linear_part,
+    fused_ism_applies,
     init_network,
     ism_loss,
+    ism_value_and_grad,
     mlp_part,
     score_terms,
 )
@@ -236,3 +239,55 @@ def test_cuda_run_matches_the_cpu_law():
     np.testing.assert_allclose(gpu[0.2].log_density(x), logp, atol=1e-8)
     # different random streams on the device: the same law up to sampling error
     np.testing.assert_allclose(cpu[0.2].log_density(x), logp, atol=0.1)
+
+
+def _previous_ism_loss(params, x):
+    """The ISM loss as it was computed before the fused path: the closed-form sweep of
+    score_terms differentiated by autograd (kept as the reference)."""
+    score, div, _ = score_terms(params, x, divergence=True)
+    return (score * score).sum(1).mean() + 2.0 * div.mean()
+
+
+@pytest.mark.parametrize("dim,quadratic", [(1, False), (3, True), (12, True)])
+def test_fused_one_layer_ism_equals_the_previous_path_in_float64(dim, quadratic):
+    """OneLayerIsm (autograd Function) and ism_value_and_grad: same loss and gradients."""
+    params = _random_net(dim, 1, quadratic)
+    x = torch.randn(257, dim, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    trained = mlp_part(params)
+    reference = _previous_ism_loss(params, x)
+    grads_ref = torch.autograd.grad(reference, list(trained.values()))
+    fused = ism_loss(params, x, None)
+    grads_fused = torch.autograd.grad(fused, list(trained.values()))
+    value, grads_direct = ism_value_and_grad(params, x)
+    torch.testing.assert_close(fused, reference, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(value, reference, rtol=1e-12, atol=1e-12)
+    for key, g_ref, g_fused in zip(trained, grads_ref, grads_fused):
+        torch.testing.assert_close(g_fused, g_ref, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(grads_direct[key], g_ref, rtol=1e-10, atol=1e-12)
+
+
+def test_fused_path_is_taken_only_where_it_applies():
+    """Two layers, or a differentiated linear part, keep the autograd sweep."""
+    assert fused_ism_applies(_random_net(2, 1, True))
+    assert fused_ism_applies(_random_net(2, 1, False))
+    assert not fused_ism_applies(_random_net(2, 2, True))
+    params = _random_net(2, 1, True)
+    params["Q"].requires_grad_(True)
+    assert not fused_ism_applies(params)
+
+
+def test_adam_is_bit_identical_to_torch_adam():
+    """The solver's Adam reproduces torch.optim.Adam (CPU single-tensor path) exactly."""
+    params = _random_net(3, 2, False)
+    copy = {k: v.detach().clone().requires_grad_(True) for k, v in params.items()}
+    x = torch.randn(50, 3, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    ours = Adam(params, lr=1e-2)
+    theirs = torch.optim.Adam(list(copy.values()), lr=1e-2)
+    for _ in range(7):
+        grads = torch.autograd.grad(_previous_ism_loss(params, x), list(params.values()))
+        ours.step(dict(zip(params, grads)))
+        theirs.zero_grad()
+        _previous_ism_loss(copy, x).backward()
+        theirs.step()
+    for key in params:
+        torch.testing.assert_close(params[key], copy[key], rtol=0, atol=0)

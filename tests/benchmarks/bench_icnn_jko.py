@@ -27,7 +27,7 @@ import pytest
 import torch
 
 import icnn_baseline as old
-from runners.resources import reset_allocator, tune_allocator
+from execution.resources import reset_allocator, tune_allocator
 from solvers import icnn_jko as ij
 from solvers.base import RunContext
 from solvers.icnn_jko import IcnnJko, init_icnn, jko_loss
@@ -183,7 +183,7 @@ PUSH = """
 import json, resource, sys, numpy as np, torch
 sys.path.insert(0, {bench!r})
 torch.set_num_threads(1)
-from runners.resources import tune_allocator
+from execution.resources import tune_allocator
 import icnn_baseline as old
 from solvers import icnn_jko as ij
 if {tuned}:

@@ -150,3 +150,70 @@ def pull_back(maps: list[Params], y: torch.Tensor, eps: float, obs: ObsLogLik | 
     return x, logdet, bad, weight
 
 
+
+
+# --- round 2 (issue 18 and after; before issue 36) --------------------------------------------
+# The hot path of solvers/icnn_jko.py before the Gram products were blocked and the
+# K-contractions packed: full (D, D) curvature matrices, the (n, D, w) input-Jacobian
+# tensor built whole, a weighted Gram with a one-product backward, ∇ψ by a batched
+# mat-vec. tests/test_icnn_jko.py checks the current loss and gradients against it in
+# float64; bench_icnn_jko.py times it side by side.
+def round2_quadratic_form(params: Params) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``K (w, D, D)``, ``B (D, w)``, ``a (w,)``; Σ_r Q_rj Q_rjᵀ by a (D, D, r, w) broadcast."""
+    dim, width = params["W1"].shape[1], params["b1"].shape[0]
+    q1 = params["Q1"].view(dim, -1, width)
+    q2 = params["Q2"].view(dim, -1, width)
+    s1 = (q1[:, None] * q1[None, :]).sum(2).reshape(dim * dim, width).T
+    s2 = (q2[:, None] * q2[None, :]).sum(2).reshape(dim * dim, width).T
+    curv = 2.0 * (params["Z"] @ s1 + s2).view(width, dim, dim)
+    lin = (params["Z"] @ params["W1"] + params["W2"]).T
+    const = params["Z"] @ params["b1"] + params["b2"]
+    return curv, lin, const
+
+
+class Round2WeightedGram(torch.autograd.Function):
+    """O_n = J_n diag(w_n) J_nᵀ for ``J (n, D, w)``, ``w (n, w)``; backward M = (G + Gᵀ) J."""
+
+    @staticmethod
+    def forward(ctx, jac: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(jac, weight)
+        return torch.bmm(jac * weight[:, None, :], jac.transpose(1, 2))
+
+    @staticmethod
+    def backward(ctx, grad_out: torch.Tensor):
+        jac, weight = ctx.saved_tensors
+        m = torch.bmm(grad_out + grad_out.transpose(1, 2), jac)
+        return m * weight[:, None, :], 0.5 * (m * jac).sum(1)
+
+
+def round2_grad_hess(params: Params, x: torch.Tensor, eps: float, hessian: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """∇ψ ``(n, D)`` and ∇²ψ ``(n, D, D)`` as round 2 computed them (differentiable)."""
+    n, dim = x.shape
+    curv, lin, const = round2_quadratic_form(params)
+    width = const.shape[0]
+    curv_flat = curv.view(width, dim * dim)
+    xx = (x[:, :, None] * x[:, None, :]).reshape(n, dim * dim)
+    u = torch.addmm(const, xx, curv_flat.T, alpha=0.5) + x @ lin
+    s = torch.sigmoid(u)
+    v = s * params["c"]
+    inner = (v @ curv_flat).view(n, dim, dim)
+    grad = torch.bmm(inner, x.unsqueeze(2)).squeeze(2) + v @ lin.T + eps * x
+    if not hessian:
+        return grad, None
+    table = torch.cat([curv.permute(1, 2, 0).reshape(dim, dim * width),
+                       lin.reshape(1, dim * width)], 0)
+    ones = torch.ones(n, 1, dtype=x.dtype, device=x.device)
+    ju = (torch.cat([x, ones], 1) @ table).view(n, dim, width)
+    weight = params["c"] * s * (1.0 - s)
+    eye = torch.eye(dim, dtype=x.dtype, device=x.device)
+    return grad, Round2WeightedGram.apply(ju, weight) + inner + eps * eye
+
+
+def round2_jko_loss(params: Params, x: torch.Tensor, h: float, beta: float, eps: float,
+                    potential) -> torch.Tensor:
+    """The h-scaled JKO objective as round 2 computed it (Cholesky log det of its Hessian)."""
+    grad, hess = round2_grad_hess(params, x, eps)
+    logdet, _ = logdet_pd(hess)
+    transport = 0.5 * ((grad - x) ** 2).sum(1).mean()
+    return transport + h * (potential(grad).mean() - logdet.mean() / beta)
