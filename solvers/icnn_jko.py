@@ -9,23 +9,10 @@ which is h times the JKO objective (same minimiser; it is the scaling the
 original code used). Φ is estimated on a data minibatch for tasks whose
 ``data_batch`` returns one (posteriors).
 
-Network (DenseICNN, two hidden layers of width w, rank-r quadratic blocks)::
-
-    z1 = Σ_r (xᵀQ1_r)² + W1 x + b1                 (no activation, convex)
-    u  = Z z1 + Σ_r (xᵀQ2_r)² + W2 x + b2,  z2 = softplus(u)
-    ψ  = cᵀ z2 + ½ε‖x‖²
-
-with Z ≥ 0 and c ≥ 0 kept non-negative by *clamping* after every optimiser
-step (as the original). Every pre-activation is a quadratic,
-u_j = ½xᵀK_j x + B_jᵀx + a_j with K_j = 2(Σ_i Z_ji Σ_r Q1_ri Q1_riᵀ + Σ_r Q2_rj Q2_rjᵀ) ⪰ 0, so
-
-    ∇u_j = K_j x + B_j                          (all units: ONE GEMM),
-    ∇ψ   = Σ_j c_j σ(u_j) ∇u_j + εx,
-    ∇²ψ  = Σ_j c_j σ'(u_j) ∇u_j∇u_jᵀ + Σ_j c_j σ(u_j) K_j + εI      (PSD by construction),
-
-computed for a whole batch in a few GEMMs plus one batched product; log det
-through a batched Cholesky with a jitter fallback for numerically non-PD
-matrices, its gradient supplied as H⁻¹ from the same factor.
+Network: a DenseICNN (two hidden layers of width w, rank-r quadratic blocks,
+softplus), its gradient and Hessian in closed form, log det by Cholesky, and
+the pushes and Newton inversions below: :mod:`numerics.icnn` (shared with
+:mod:`solvers.vwgf`; moved there unchanged, the outputs bit-identical).
 
 Sampling of ρ^(k−1) during training: by default a *pool* of samples drawn
 once from ρ0 is pushed through each new map after its step, so a step's cost
@@ -58,6 +45,43 @@ Z = E_ρ0[Π L] by Monte Carlo over 2^17 pushed draws. At each evaluation time
 one MH run of ``n_samples`` + 8192 samples gives the result's samples and the
 draws (subsets, with their log-densities) the metrics ask for. Filtering
 needs the pool (no ``fresh_samples``).
+
+Free-energy terms (tasks/free_energy.py; ``supports``)
+-----------------------------------------------------
+The loss's free energy generalises to F = ∫V(·, t) dρ + ½∬W dρ dρ + β⁻¹U:
+
+- V(x, t) (``time_dependent``) is taken at the step's end t_k = k·h (the
+  implicit step's time), through ``task.potential_t_torch``.
+- W (``interaction``): ½E W(∇ψ(X) − ∇ψ(X')) over pairs of consecutive rows of
+  the batch (cyclic; the batch is a random draw, so the pairs are
+  independent), as vwgf's ``map_loss``.
+- U porous medium (``porous_medium``): with ρ_k(∇ψ(x)) = ρ_{k−1}(x)/det ∇²ψ(x),
+  β⁻¹∫ρ_k^m/(m−1) = β⁻¹/(m−1) E_x[(ρ_{k−1}(x)/det ∇²ψ(x))^(m−1)], through the
+  same log det as the entropy. It needs log ρ_{k−1} at the training samples:
+  the pool carries it (log ρ0 of its draws, then the change of variables at
+  every push, in the training dtype); ``fresh_samples`` pushes log ρ0 along.
+  Without an internal energy (the contract allows it) β⁻¹ = 0.
+On the existing tasks (V + entropy) the code path and its numbers are unchanged
+(bit-identical samples, log-densities and losses on OU, fresh-sample and
+filtering runs before and after).
+
+Measured (one thread; the 2-core machine under a load of ~5 from other jobs, so
+wall times are upper bounds; task seed 0, solver seed 1; width 64, batch 512,
+300 it/step, 1000 pre-training iterations):
+
+- porous_medium D = 2, m = 2 (SymKL is +∞: compact support), E|x − c|² at
+  t = 0.02 against the exact 0.1542: 0.1379 / 0.1429 / 0.1513 at h = 0.005 /
+  0.0025 / 0.001 (−10.6 / −7.3 / −1.9 %; at t = 0.005: 0.0687 / 0.0739 / 0.0774
+  against 0.0824), 7.5 / 11.7 / 41 s. 1000 it/step at h = 0.005 read 0.1359:
+  the lag is the time step's (the JKO scheme lags the fast start, h = 5τ0), not
+  the optimiser's. The law's front passes the support a little (h = 0.001:
+  largest |x − c| 0.81 against R = 0.68; a smooth map cannot make the edge).
+- aggregation D = 2, h = 0.05: SymKL 0.0050 / 0.0080 at t = 0.5 / 1 (relative
+  mean error 0.018 / 0.014, covariance 0.031 / 0.023), 52 s.
+- moving_trap D = 2, h = 0.05: SymKL 0.0085 / 0.0094 at t = 0.5 / 1 (relative
+  mean error 0.021 / 0.060), 119 s.
+- One step plus pre-training: aggregation D = 8 6.5 s, moving_trap D = 16 9.6 s;
+  porous_medium D = 4, two steps of h = 0.001, 6.3 s.
 
 Recipes (hyperparameters of the original study)
 -----------------------------------------------
@@ -151,15 +175,15 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from numerics.icnn import (ObsLogLik, Params, clamp_nonnegative_, cosine_factor, detached,
+                          icnn_grad_hess, identity_pretrain_sampler, init_icnn, logdet_pd,
+                          naive_grad_hess, pretrain_identity, pulled_back_log_density, push,
+                          push_trajectory, step_potential)
 from solvers.base import (FILTERING, GPU, IID_DENSITY, LOG_DENSITY, SAMPLES, Solver,
                           SolverResult, require_positive, steps_to_times)
+from tasks.free_energy import (ENTROPY, INTERACTION, POROUS_MEDIUM, POTENTIAL, TIME_DEPENDENT,
+                               free_energy_of)
 
-Params = dict[str, torch.Tensor]
-#: names of the parameters kept non-negative (convexity)
-NONNEG = ("Z", "c")
-#: rows per chunk when pushing / inverting many points: a (1024, D, w) float64 block of
-#: ∇u stays in cache at the sizes that matter (measured 1.5-2x faster than 4096 rows)
-CHUNK = 1024
 #: filtering: at most this many MH samples of the filtering law start a block
 MH_POOL = 2 ** 16
 #: filtering: MH samples kept at an evaluation time for the metrics' draws (beyond n_samples)
@@ -168,271 +192,27 @@ FILTER_DRAWS = 2 ** 13
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
 
-# --------------------------------------------------------------------------- network
-def init_icnn(dim: int, width: int, rank: int, generator: torch.Generator,
-              dtype: torch.dtype = torch.float32, device: str = "cpu") -> Params:
-    """Random DenseICNN parameters.
-
-    Shapes: ``Q1, Q2 (dim, rank*width)`` (column ``r*width + j`` is Q_rj),
-    ``W1, W2 (width, dim)``, ``b1, b2 (width,)``, ``Z (width, width)``, ``c (width,)``.
-    """
-    def randn(*shape: int, scale: float) -> torch.Tensor:
-        return scale * torch.randn(*shape, generator=generator, dtype=torch.float64)
-
-    p = {"Q1": randn(dim, rank * width, scale=1.0 / math.sqrt(dim * rank)),
-         "W1": randn(width, dim, scale=1.0 / math.sqrt(dim)),
-         "b1": torch.zeros(width, dtype=torch.float64),
-         "Q2": randn(dim, rank * width, scale=1.0 / math.sqrt(dim * rank)),
-         "W2": randn(width, dim, scale=1.0 / math.sqrt(dim)),
-         "b2": torch.zeros(width, dtype=torch.float64),
-         "Z": randn(width, width, scale=1.0 / width).abs(),
-         "c": randn(width, scale=1.0 / width).abs()}
-    return {k: v.to(device=device, dtype=dtype).requires_grad_(True) for k, v in p.items()}
-
-
-def clamp_nonnegative_(params: Params) -> None:
-    """Project Z and c onto the non-negative orthant (keeps ψ convex)."""
-    with torch.no_grad():
-        for key in NONNEG:
-            params[key].clamp_(min=0.0)
-
-
-def _hidden(params: Params, x: torch.Tensor):
-    """Pre-activations: ``a1, a2 (n, r, w)`` and ``u (n, w)``."""
-    n, width = x.shape[0], params["b1"].shape[0]
-    a1 = (x @ params["Q1"]).view(n, -1, width)
-    z1 = (a1 * a1).sum(1) + x @ params["W1"].T + params["b1"]
-    a2 = (x @ params["Q2"]).view(n, -1, width)
-    u = z1 @ params["Z"].T + (a2 * a2).sum(1) + x @ params["W2"].T + params["b2"]
-    return a1, a2, u
-
-
-def icnn_potential(params: Params, x: torch.Tensor, eps: float) -> torch.Tensor:
-    """ψ(x) for ``x (n, D)`` -> ``(n,)``."""
-    _, _, u = _hidden(params, x)
-    return torch.nn.functional.softplus(u) @ params["c"] + 0.5 * eps * (x * x).sum(1)
-
-
-def symmetric_packing(dim: int, device: torch.device | str = "cpu"
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Index maps between a symmetric ``(D, D)`` matrix and its P = D(D+1)/2 packed entries.
-
-    Returns ``rows, cols (P,)`` (the upper triangle d <= e, row by row) and
-    ``full (D*D,)``, the packed position of each entry (d, e) of the full matrix.
-    """
-    rows, cols = torch.triu_indices(dim, dim, device=device)
-    pos = torch.empty(dim, dim, dtype=torch.long, device=device)
-    packed = torch.arange(rows.shape[0], device=device)
-    pos[rows, cols] = packed
-    pos[cols, rows] = packed
-    return rows, cols, pos.reshape(-1)
-
-
-def packed_quadratic_form(params: Params
-                          ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Each pre-activation is quadratic in x: u_j(x) = ½xᵀK_j x + B_jᵀx + a_j.
-
-    Returns ``K (P, w)``, the upper triangles (d <= e, :func:`symmetric_packing`)
-    of the symmetric K_j ⪰ 0 (PSD since Z ≥ 0) as columns, ``B (D, w)`` and
-    ``a (w,)``; parameter-only work, differentiable. K_j = 2(Σ_i Z_ji Σ_r Q1_ri Q1_riᵀ
-    + Σ_r Q2_rj Q2_rjᵀ) on the P entries only: half the products of the full
-    (D, D, r, w) broadcast, and half the columns in every GEMM that contracts
-    with K (the pre-activations, Σ_j v_j K_j and their gradients).
-    """
-    dim, width = params["W1"].shape[1], params["b1"].shape[0]
-    rows, cols, _ = symmetric_packing(dim, params["Q1"].device)
-    q1 = params["Q1"].view(dim, -1, width)
-    q2 = params["Q2"].view(dim, -1, width)
-    s1 = (q1[rows] * q1[cols]).sum(1)                          # (P, w)
-    s2 = (q2[rows] * q2[cols]).sum(1)
-    curv = 2.0 * torch.addmm(s2, s1, params["Z"].T)
-    lin = (params["Z"] @ params["W1"] + params["W2"]).T
-    const = params["Z"] @ params["b1"] + params["b2"]
-    return curv, lin, const
-
-
-#: elements of one row block of the (rows, D, w) input-Jacobian tensor in the Gram
-#: products (float32: 2 MB): see ``gram_rows`` and the module docstring
-GRAM_BLOCK = 2 ** 19
-
-
-def gram_rows(n: int, dim: int, width: int) -> int:
-    """Rows per block of the Gram products: ``GRAM_BLOCK`` elements, 64 to n rows."""
-    return max(1, min(n, max(64, GRAM_BLOCK // (dim * width))))
-
-
-def _jacobian_block(xt: torch.Tensor, table: torch.Tensor, start: int, rows: int,
-                    width: int) -> torch.Tensor:
-    """∇u_j(x_n) for the rows ``start:start+rows`` -> ``(rows, D, w)``: [x, 1] @ [K; Bᵀ]."""
-    block = xt[start:start + rows] @ table
-    return block.view(block.shape[0], -1, width)
-
-
-class LinearGram(torch.autograd.Function):
-    """H_n = base_n + J_n diag(w_n) J_nᵀ with J_n = ([x_n, 1] @ table).view(D, w), in row blocks.
-
-    Inputs ``xt (n, D+1)`` (constant), ``table (D+1, D*w)``, ``weight (n, w)``,
-    ``base (n, D, D)``, ``rows`` (block size). The (n, D, w) tensor J is never
-    formed whole: each block of ``rows`` rows is built by one GEMM, used while it
-    is in cache, and rebuilt in the backward pass, which needs per block one
-    product M = S J (S = G + Gᵀ; H is symmetric) for ∂/∂J = M diag(w) and
-    ∂/∂w_j = ½ Σ_d M_dj J_dj, and one GEMM ∂/∂table += [x, 1]ᵀ ∂/∂J.
-    """
-
-    @staticmethod
-    def forward(ctx, xt: torch.Tensor, table: torch.Tensor, weight: torch.Tensor,
-                base: torch.Tensor, rows: int) -> torch.Tensor:
-        ctx.save_for_backward(xt, table, weight)
-        ctx.rows = rows
-        out = base.clone()
-        width = weight.shape[1]
-        for start in range(0, xt.shape[0], rows):
-            jac = _jacobian_block(xt, table, start, rows, width)
-            block = out[start:start + rows]
-            block.baddbmm_(jac * weight[start:start + rows, None, :], jac.transpose(1, 2))
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        xt, table, weight = ctx.saved_tensors
-        rows, width = ctx.rows, weight.shape[1]
-        sym = grad_out + grad_out.transpose(1, 2)
-        d_table = torch.zeros_like(table)
-        d_weight = torch.empty_like(weight)
-        for start in range(0, xt.shape[0], rows):
-            stop = min(start + rows, xt.shape[0])
-            jac = _jacobian_block(xt, table, start, rows, width)
-            m = torch.bmm(sym[start:stop], jac)
-            torch.sum(m * jac, 1, out=d_weight[start:stop])
-            m *= weight[start:stop, None, :]
-            d_table.addmm_(xt[start:stop].T, m.view(stop - start, -1))
-        return None, d_table, d_weight.mul_(0.5), grad_out, None
-
-
-def icnn_grad_hess(params: Params, x: torch.Tensor, eps: float, hessian: bool = True
-                   ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Closed-form ∇ψ ``(n, D)`` and ∇²ψ ``(n, D, D)`` (None unless ``hessian``).
-
-    With u_j = ½xᵀK_j x + B_jᵀx + a_j (:func:`packed_quadratic_form`) and v = c ⊙ σ(u),
-
-    - every u_j at once is ONE GEMM on the packed outer products x_d x_e, d <= e
-      (n × D(D+1)/2; the diagonal weighted ½),
-    - ∇ψ = (Σ_j v_j K_j) x + B v + εx, where Σ_j v_j K_j is also the Hessian's
-      curvature term (one GEMM on the packed entries, then unpacked),
-    - ∇²ψ = Σ_j c_jσ'(u_j)∇u_j∇u_jᵀ + Σ_j v_j K_j + εI, with ∇u_j = K_j x + B_j
-      for all units from one GEMM on [x, 1] per row block and the first sum a
-      weighted Gram (:class:`LinearGram`).
-
-    Measured in tests/benchmarks/bench_icnn_jko.py against the previous version
-    of this function (icnn_baseline.round2_grad_hess); same loss gradients to
-    1e-12 in float64 (tests/test_icnn_jko.py). Differentiable with respect to
-    the parameters.
-    """
-    grad, inner, features = _grad_and_curvature(params, x, eps, hessian)
-    if not hessian:
-        return grad, None
-    xt, table, weight = features
-    base = inner + eps * torch.eye(x.shape[1], dtype=x.dtype, device=x.device)
-    rows = gram_rows(x.shape[0], x.shape[1], weight.shape[1])
-    return grad, LinearGram.apply(xt, table, weight, base, rows)
-
-
-def _grad_and_curvature(params: Params, x: torch.Tensor, eps: float, hessian: bool):
-    """∇ψ, Σ_j v_j K_j ``(n, D, D)`` and (with ``hessian``) the Gram's inputs ``(xt, table, weight)``."""
-    n, dim = x.shape
-    curv, lin, const = packed_quadratic_form(params)
-    width = const.shape[0]
-    rows, cols, full = symmetric_packing(dim, x.device)
-    half = torch.where(rows == cols, 0.5, 1.0).to(x.dtype)
-    xx = x[:, rows] * x[:, cols] * half                      # (n, P)
-    u = torch.addmm(const, xx, curv) + x @ lin
-    s = torch.sigmoid(u)
-    v = s * params["c"]                                       # ∂ψ/∂u >= 0, (n, w)
-    inner = (v @ curv.T)[:, full].view(n, dim, dim)           # Σ_j v_j K_j
-    # a broadcast product, not bmm(inner, x): the bmm's backward is an outer-product bmm
-    grad = (inner * x[:, None, :]).sum(2) + v @ lin.T + eps * x
-    if not hessian:
-        return grad, inner, None
-    # ∇u_j(x_n) = K_j x_n + B_j: the rows [K; Bᵀ] (K symmetric: row e of K_j = column e)
-    table = torch.cat([curv[full].view(dim, dim * width), lin.reshape(1, dim * width)], 0)
-    xt = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], 1)
-    weight = params["c"] * s * (1.0 - s)                      # (n, w) >= 0
-    return grad, inner, (xt, table, weight)
-
-
-def _cholesky_with_jitter(hess: torch.Tensor, max_tries: int = 4
-                          ) -> tuple[torch.Tensor, int]:
-    """Cholesky factors of SPD ``(n, D, D)``; non-PD ones (in floating point) get jitter."""
-    chol, info = torch.linalg.cholesky_ex(hess)
-    bad = info > 0
-    n_fixed = int(bad.sum())
-    if n_fixed:
-        dim = hess.shape[-1]
-        eye = torch.eye(dim, dtype=hess.dtype, device=hess.device)
-        scale = hess.diagonal(dim1=-2, dim2=-1).mean(-1).abs() + 1e-12
-        jitter, fixed = torch.finfo(hess.dtype).eps * 100.0, hess
-        for _ in range(max_tries):
-            fixed = fixed + (bad * scale * jitter)[:, None, None] * eye
-            chol, info = torch.linalg.cholesky_ex(fixed)
-            bad = info > 0
-            if not bad.any():
-                break
-            jitter *= 100.0
-    return chol, n_fixed
-
-
-class _LogDetPD(torch.autograd.Function):
-    """log det H from a Cholesky factor, with the gradient H⁻¹ from the same factor."""
-
-    @staticmethod
-    def forward(ctx, hess: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
-        ctx.save_for_backward(chol)
-        return 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
-
-    @staticmethod
-    def backward(ctx, grad_out: torch.Tensor):
-        (chol,) = ctx.saved_tensors
-        return grad_out[:, None, None] * torch.cholesky_inverse(chol), None
-
-
-def logdet_pd(hess: torch.Tensor, max_tries: int = 4) -> tuple[torch.Tensor, int]:
-    """log det of a batch of SPD matrices ``(n, D, D)`` by Cholesky -> ``((n,), n_fixed)``.
-
-    Matrices whose factorisation fails (non-PD in floating point) get a
-    growing diagonal jitter relative to their mean eigenvalue; ``n_fixed``
-    counts them. The gradient (first order only) is H⁻¹ from the same factor
-    (``cholesky_inverse``, the jitter treated as a constant): about twice as
-    fast as autograd through the Cholesky, and it builds no (n, D, D) graph.
-    """
-    with torch.no_grad():
-        chol, n_fixed = _cholesky_with_jitter(hess, max_tries)
-    if not hess.requires_grad:
-        return 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1), n_fixed
-    return _LogDetPD.apply(hess, chol), n_fixed
-
-
-def naive_grad_hess(params: Params, x: torch.Tensor, eps: float
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
-    """∇ψ and ∇²ψ by autograd: one backward pass per input dimension (the original way).
-
-    Reference for tests and the benchmark; slow.
-    """
-    x = x.detach().requires_grad_(True)
-    (grad,) = torch.autograd.grad(icnn_potential(params, x, eps).sum(), x, create_graph=True)
-    rows = [torch.autograd.grad(grad[:, d].sum(), x, create_graph=True)[0]
-            for d in range(x.shape[1])]
-    return grad, torch.stack(rows, dim=1)
-
-
 # ------------------------------------------------------------------------------ loss
 PotentialFn = Callable[[torch.Tensor], torch.Tensor]
 
 
 def jko_loss(params: Params, x: torch.Tensor, h: float, beta: float, eps: float,
-             potential: PotentialFn, naive: bool = False) -> tuple[torch.Tensor, int]:
+             potential: PotentialFn, naive: bool = False, interaction: PotentialFn | None = None,
+             exponent: float | None = None, logp: torch.Tensor | None = None
+             ) -> tuple[torch.Tensor, int]:
     """h-scaled JKO objective on a batch ``x (n, D)`` of ρ^(k−1) -> (loss, n_jittered).
 
-    ``naive=True`` uses :func:`naive_grad_hess` and ``torch.logdet`` (reference).
+    The free energy of T = ∇ψ's push-forward, estimated on the batch: E V(T(X))
+    (``potential``; a time-dependent V comes already taken at the step's end);
+    with ``interaction`` W, ½E W(T(X) − T(X')) over pairs of consecutive rows
+    (cyclically; the batch is in random order, so each pair is two independent
+    draws and the mean is unbiased for ½∬W dρ dρ, as :func:`solvers.vwgf.map_loss`);
+    and β⁻¹ times the internal energy through the log-determinant: the entropy
+    E log ρ^(k−1)(X) − E log det ∇²ψ(X) without its constant first part, or,
+    with ``exponent`` m and ``logp`` = log ρ^(k−1) at the rows, the porous medium
+    ∫ρ^m/(m−1) = E[(ρ^(k−1)(X)/det ∇²ψ(X))^(m−1)]/(m−1) (the pushed density at
+    T(X) is ρ^(k−1)(X)/det ∇²ψ(X)). ``naive=True`` uses :func:`naive_grad_hess`
+    and ``torch.logdet`` (reference).
     """
     if naive:
         grad, hess = naive_grad_hess(params, x, eps)
@@ -441,202 +221,29 @@ def jko_loss(params: Params, x: torch.Tensor, h: float, beta: float, eps: float,
         grad, hess = icnn_grad_hess(params, x, eps)
         logdet, n_fixed = logdet_pd(hess)
     transport = 0.5 * ((grad - x) ** 2).sum(1).mean()
-    free_energy = potential(grad).mean() - logdet.mean() / beta
+    if exponent is None:
+        free_energy = potential(grad).mean() - logdet.mean() / beta
+    else:
+        power = torch.exp((exponent - 1.0) * (logp - logdet))
+        free_energy = potential(grad).mean() + power.mean() / ((exponent - 1.0) * beta)
+    if interaction is not None:
+        free_energy = free_energy + 0.5 * interaction(grad - torch.roll(grad, 1, dims=0)).mean()
     return transport + h * free_energy, n_fixed
 
 
 def train_iteration(params: Params, optimizer: torch.optim.Optimizer, x: torch.Tensor,
                     h: float, beta: float, eps: float, potential: PotentialFn,
-                    naive: bool = False) -> tuple[float, int]:
-    """One Adam step on :func:`jko_loss` followed by the non-negativity clamp."""
+                    naive: bool = False, **terms: Any) -> tuple[float, int]:
+    """One Adam step on :func:`jko_loss` (``terms``: its optional terms) and the clamp."""
     optimizer.zero_grad(set_to_none=True)
-    loss, n_fixed = jko_loss(params, x, h, beta, eps, potential, naive=naive)
+    loss, n_fixed = jko_loss(params, x, h, beta, eps, potential, naive=naive, **terms)
     loss.backward()
     optimizer.step()
     clamp_nonnegative_(params)
     return float(loss.detach()), n_fixed
 
 
-def pretrain_identity(params: Params, sample: Callable[[], torch.Tensor], iters: int,
-                      lr: float, eps: float) -> float:
-    """Fit ∇ψ(x) ≈ x by Adam on ½E‖∇ψ(X) − X‖²; returns the last loss."""
-    optimizer = torch.optim.Adam(list(params.values()), lr=lr)
-    loss = torch.tensor(float("nan"))
-    for _ in range(iters):
-        x = sample()
-        optimizer.zero_grad(set_to_none=True)
-        grad, _ = icnn_grad_hess(params, x, eps, hessian=False)
-        loss = 0.5 * ((grad - x) ** 2).sum(1).mean()
-        loss.backward()
-        optimizer.step()
-        clamp_nonnegative_(params)
-    return float(loss.detach())
-
-
-def cosine_factor(i: int, n: int, final: float) -> float:
-    """Learning-rate factor at iteration ``i`` of ``n``: cosine from 1 down to ``final``."""
-    return final + (1.0 - final) * 0.5 * (1.0 + math.cos(math.pi * i / max(1, n)))
-
-
-# ------------------------------------------------------------------ maps and densities
-def detached(params: Params, dtype: torch.dtype | None = None) -> Params:
-    """A frozen copy of ``params`` (optionally cast)."""
-    return {k: v.detach().clone().to(dtype=dtype or v.dtype) for k, v in params.items()}
-
-
-#: observation log-likelihoods by JKO step: {k: log L(x numpy (n, D)) -> (n,)} (filtering)
-ObsLogLik = dict[int, Callable[[np.ndarray], np.ndarray]]
-
-
-def _obs_weight(obs: ObsLogLik | None, k: int, x: torch.Tensor) -> torch.Tensor | float:
-    """log L_k at ``x`` if an observation is assimilated after step ``k`` (else 0)."""
-    if not obs or k not in obs:
-        return 0.0
-    return torch.as_tensor(obs[k](x.detach().cpu().double().numpy()), dtype=x.dtype,
-                           device=x.device)
-
-
-@torch.no_grad()
-def push_trajectory(maps: list[Params], x: torch.Tensor, eps: float,
-                    logp: torch.Tensor | None = None, obs: ObsLogLik | None = None,
-                    first_step: int = 1
-                    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-    """Push ``x (n, D)`` through ∇ψ of every map in order, chunked.
-
-    Returns the pushed points, their log-density by change of variables (when
-    ``logp (n,)`` is given) and Σ log L_k along each trajectory (observations
-    after step k; ``maps[0]`` is step ``first_step``; zeros without ``obs``).
-    """
-    n = x.shape[0]
-    # outputs written in place: chunk results appended to lists and joined, between
-    # large temporaries, fragmented the heap (a 1,024,000-row pool: RSS 551 -> 2997 MB)
-    out = torch.empty_like(x)
-    log_out = None if logp is None else torch.empty_like(logp)
-    w_out = torch.zeros(n, dtype=x.dtype, device=x.device)
-    for start in range(0, n, CHUNK):
-        rows = slice(start, start + CHUNK)
-        xc = x[rows]
-        lc = None if logp is None else logp[rows]
-        wc = w_out[rows]
-        for k, params in enumerate(maps, start=first_step):
-            grad, hess = icnn_grad_hess(params, xc, eps, hessian=lc is not None)
-            if lc is not None:
-                lc = lc - logdet_pd(hess)[0]
-            xc = grad
-            wc += _obs_weight(obs, k, xc)
-        out[rows] = xc
-        if log_out is not None:
-            log_out[rows] = lc
-    return out, log_out, w_out
-
-
-def push(maps: list[Params], x: torch.Tensor, eps: float, logp: torch.Tensor | None = None
-         ) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Push ``x`` through all maps: (points, log-densities or None); see :func:`push_trajectory`."""
-    y, logp, _ = push_trajectory(maps, x, eps, logp)
-    return y, logp
-
-
-@torch.no_grad()
-def invert_map(params: Params, y: torch.Tensor, eps: float, tol: float = 1e-10,
-               max_iter: int = 100, params32: Params | None = None
-               ) -> tuple[torch.Tensor, int, torch.Tensor]:
-    """Solve ∇ψ(x) = y for every row of ``y (n, D)`` -> (x, n_unconverged, log det ∇²ψ(x)).
-
-    Newton's method on the strongly convex f(x) = ψ(x) − ⟨x, y⟩ with the exact
-    Hessian, from the one-step warm start x = 2y − ∇ψ(y) (the maps are near the
-    identity, so that is the inverse to first order). A step is accepted when
-    it lowers the residual ‖∇ψ(x) − y‖ (the Newton direction is a descent
-    direction for it, so halving finds one); the residual at the trial point
-    is the next iteration's anyway, so acceptance costs nothing extra, and
-    only unconverged rows are computed.
-
-    With ``params32`` (a float32 copy of the map) Newton runs in single
-    precision down to a relative residual of 1e-5; one float64 step with the
-    float32 Hessian (a gradient-only evaluation: the Hessian's rounding,
-    ~1e-7 relative, slows a step from 1e-5 only to ~1e-12) brings it to the
-    tolerance, and float64 Newton finishes any row that is not there. The
-    log-determinant comes from the float64 Hessian at the converged point.
-    """
-    scale = 1.0 + y.norm(dim=1)
-    if params32 is None:
-        x = 2.0 * y - icnn_grad_hess(params, y, eps, hessian=False)[0]
-    else:
-        y32 = y.float()
-        x32 = 2.0 * y32 - icnn_grad_hess(params32, y32, eps, hessian=False)[0]
-        x32, hess32 = _newton(params32, y32, x32, eps, 1e-5, max_iter, scale.float())[:2]
-        x = x32.to(y.dtype)
-        resid = icnn_grad_hess(params, x, eps, hessian=False)[0] - y
-        chol, info = torch.linalg.cholesky_ex(hess32.to(y.dtype))
-        step = -torch.cholesky_solve(resid[:, :, None], chol)[:, :, 0]
-        x = torch.where(torch.isfinite(step) & (info == 0)[:, None], x + step, x)
-    x, hess, done = _newton(params, y, x, eps, tol, max_iter, scale)
-    return x, int((~done).sum()), logdet_pd(hess)[0]
-
-
-def _newton(params: Params, y: torch.Tensor, x: torch.Tensor, eps: float, tol: float,
-            max_iter: int, scale: torch.Tensor
-            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Residual-decrease Newton for ∇ψ(x) = y; only rows not within ``tol``·scale are computed.
-
-    Returns (x, the Hessian at x (n, D, D), converged (n,) bool).
-    """
-    n = y.shape[0]
-    x = x.clone()
-    done = torch.zeros(n, dtype=torch.bool, device=y.device)
-    grad, hess = icnn_grad_hess(params, x, eps)
-    hess_out = hess.clone()
-    rows = torch.arange(n, device=y.device)
-    resid = (grad - y).norm(dim=1)
-    for _ in range(max_iter):
-        finished = resid <= tol * scale[rows]
-        if finished.any():
-            done[rows[finished]] = True
-            keep = ~finished
-            rows, grad, hess, resid = rows[keep], grad[keep], hess[keep], resid[keep]
-        if rows.numel() == 0:
-            break
-        x_act, target = x[rows], y[rows]
-        chol, _ = torch.linalg.cholesky_ex(hess)
-        step = -torch.cholesky_solve((grad - target)[:, :, None], chol)[:, :, 0]
-        step = torch.where(torch.isfinite(step), step, target - grad)
-        t = torch.ones(rows.numel(), 1, dtype=y.dtype, device=y.device)
-        for _ in range(30):
-            trial = x_act + t * step
-            new_grad, new_hess = icnn_grad_hess(params, trial, eps)
-            new_resid = (new_grad - target).norm(dim=1)
-            worse = new_resid > (1.0 - 1e-4 * t[:, 0]) * resid
-            if not worse.any():
-                break
-            t = torch.where(worse[:, None], 0.5 * t, t)
-        x[rows] = trial
-        hess_out[rows] = new_hess
-        grad, hess, resid = new_grad, new_hess, new_resid
-    return x, hess_out, done
-
-
-@torch.no_grad()
-def pull_back(maps: list[Params], y: torch.Tensor, eps: float, obs: ObsLogLik | None = None
-              ) -> tuple[torch.Tensor, torch.Tensor, int, torch.Tensor]:
-    """Invert all maps (last first).
-
-    Returns ``x0 (n, D)``, Σ_k log det ∇²ψ_k along the way ``(n,)``, the number of
-    unconverged inversions and Σ log L_k along the recovered trajectory ``(n,)``.
-    """
-    logdet = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
-    weight = torch.zeros_like(logdet)
-    bad = 0
-    x = y
-    single = [detached(m, torch.float32) for m in maps] if y.dtype == torch.float64 else None
-    for k in range(len(maps), 0, -1):
-        weight = weight + _obs_weight(obs, k, x)
-        x, unconverged, step_logdet = invert_map(
-            maps[k - 1], x, eps, params32=None if single is None else single[k - 1])
-        bad += unconverged
-        logdet = logdet + step_logdet
-    return x, logdet, bad, weight
-
-
+# ------------------------------------------------------------------------- filtering
 def independence_mh(log_w: np.ndarray, n_chains: int, warmup: int, thin: int, n_keep: int,
                     rng: np.random.Generator) -> tuple[np.ndarray, float]:
     """Independence Metropolis–Hastings over pre-drawn proposals.
@@ -679,6 +286,9 @@ class IcnnJko(Solver):
         "n_samples": [8192], "mh_warmup": [1000], "mh_thin": [2], "lr_final": [0.1],
     }
     capabilities = frozenset({SAMPLES, LOG_DENSITY, GPU, FILTERING})
+    #: the free-energy terms handled (tasks/free_energy.py): V, at the step's end time when
+    #: it depends on t; W by pairs of batch rows; either internal energy through log det ∇²ψ
+    supports = frozenset({POTENTIAL, TIME_DEPENDENT, INTERACTION, ENTROPY, POROUS_MEDIUM})
     labels = {"iters": "it/step", "width": "w", "batch_size": "batch", "data_batch_size": "data batch"}
     description = "JKO with input-convex networks (Mokrov et al. 2021); pushed-sample densities"
 
@@ -725,6 +335,7 @@ class IcnnJko(Solver):
         self.rng = np.random.default_rng(rng_seed)
         gen = torch.Generator().manual_seed(int(torch_seed.generate_state(1)[0]))
         self.obs = self._observation_steps(task)
+        self.energy = free_energy_of(task)
         self.params0 = init_icnn(task.dim, int(p["width"]), int(p["rank"]), gen, self.dtype,
                                  self.device)
         self.info: dict[str, Any] = {"pretrain_loss": pretrain_identity(
@@ -743,34 +354,43 @@ class IcnnJko(Solver):
 
     def _pretrain_sampler(self) -> Callable[[], torch.Tensor]:
         """Batches of ρ0, half of them spread 2× around the ρ0 mean of the batch."""
-        n = int(self.params["batch_size"])
+        return identity_pretrain_sampler(self.task.sample_initial, int(self.params["batch_size"]),
+                                         self.rng, self._tensor)
 
-        def sample() -> torch.Tensor:
-            x = self.task.sample_initial(n, self.rng)
-            centre = x.mean(0)
-            x[: n // 2] = centre + 2.0 * (x[: n // 2] - centre)
-            return self._tensor(x)
+    def _potential(self, t: float = 0.0) -> PotentialFn:
+        """Φ on torch tensors: at time ``t`` if it depends on t, a data minibatch per call
+        for data tasks (built once per run then: its probe draws from the training stream)."""
+        return step_potential(self.task, t, TIME_DEPENDENT in self.energy.terms,
+                              int(self.params["data_batch_size"]), self.rng)
 
-        return sample
-
-    def _potential(self) -> PotentialFn:
-        """Φ on torch tensors, with a fresh data minibatch per call for data tasks."""
-        size = int(self.params["data_batch_size"])
-        probe = self.task.data_batch(size, self.rng) if size > 0 else None
-        if probe is None:
-            return lambda y: self.task.potential_torch(y)
-        return lambda y: self.task.potential_torch(y, self.task.data_batch(size, self.rng))
+    def _loss_terms(self) -> dict[str, Any]:
+        """The optional terms of :func:`jko_loss` for this task's free energy."""
+        terms: dict[str, Any] = {}
+        if INTERACTION in self.energy.terms:
+            terms["interaction"] = self.task.interaction_torch
+        if self.energy.internal == POROUS_MEDIUM:
+            terms["exponent"] = float(self.energy.exponent)
+        return terms
 
     # run ----------------------------------------------------------------------------
     def run(self):
         p = self.params
         n_steps = self.steps[-1]
-        beta = float(self.task.beta)
-        potential = self._potential()
+        # no internal energy (allowed by the contract): β⁻¹ = 0 drops the log-determinant
+        beta = float(self.task.beta) if self.energy.internal is not None else math.inf
+        moving = TIME_DEPENDENT in self.energy.terms
+        potential = None if moving else self._potential()
+        terms = self._loss_terms()
         batch = int(p["batch_size"])
         fresh = bool(p["fresh_samples"])
         pool_size = int(p["pool_size"]) or batch * max(int(p["iters"]), int(p["iters_warm"]))
-        pool = None if fresh else self._tensor(self.task.sample_initial(pool_size, self.rng))
+        pool = pool_logp = None
+        if not fresh:
+            pool0 = self.task.sample_initial(pool_size, self.rng)
+            pool = self._tensor(pool0)
+            if "exponent" in terms:
+                # the porous energy needs log ρ^(k−1) at the training samples: carried along
+                pool_logp = self._tensor(self.task.log_density_initial(pool0))
         params = self.params0
         self.maps: list[Params] = []
         # filtering: MH proposals pushed through self.maps so far (see _next_pool)
@@ -784,17 +404,20 @@ class IcnnJko(Solver):
                 else int(p["iters_warm"])
             optimizer = torch.optim.Adam(list(params.values()), lr=lr)
             order = None
+            if moving:
+                potential = self._potential(k * self.h)  # the implicit step's end time
             for i in range(iters):
                 optimizer.param_groups[0]["lr"] = lr * cosine_factor(i, iters, float(p["lr_final"]))
-                x, order = self._batch(pool, batch, fresh, order)
+                x, logp, order = self._batch(pool, pool_logp, batch, fresh, order,
+                                             "exponent" in terms)
                 loss, fixed = train_iteration(params, optimizer, x, self.h, beta, self.eps,
-                                              potential)
+                                              potential, logp=logp, **terms)
                 n_jitter += fixed
             if not math.isfinite(loss):
                 raise FloatingPointError(f"JKO step {k}: loss is {loss}")
             self.maps.append(detached(params))
             if pool is not None:
-                pool = push(self.maps[-1:], pool, self.eps)[0]
+                pool, pool_logp = push(self.maps[-1:], pool, self.eps, pool_logp)
             if k in self.obs and k < n_steps:
                 # the next block starts from the filtering law: resample the pool by MH
                 pool, acceptance[k] = self._next_pool(min(pool.shape[0], MH_POOL))
@@ -808,20 +431,23 @@ class IcnnJko(Solver):
                                                   mh_acceptance=dict(acceptance)))
         return results
 
-    def _batch(self, pool: torch.Tensor | None, n: int, fresh: bool,
-               order: np.ndarray | None) -> tuple[torch.Tensor, np.ndarray | None]:
-        """A training batch of ρ^(k−1) and the remaining pool order.
+    def _batch(self, pool: torch.Tensor | None, pool_logp: torch.Tensor | None, n: int,
+               fresh: bool, order: np.ndarray | None, with_logp: bool = False
+               ) -> tuple[torch.Tensor, torch.Tensor | None, np.ndarray | None]:
+        """A training batch of ρ^(k−1), its log ρ^(k−1) (``with_logp``) and the pool order left.
 
         From the pool, walking through a random permutation (redrawn when used up),
         or (``fresh``) new ρ0 samples pushed through all maps.
         """
         if fresh:
-            x0 = self._tensor(self.task.sample_initial(n, self.rng))
-            return push(self.maps, x0, self.eps)[0], None
+            x0 = self.task.sample_initial(n, self.rng)
+            l0 = self._tensor(self.task.log_density_initial(x0)) if with_logp else None
+            x, logp = push(self.maps, self._tensor(x0), self.eps, l0)
+            return x, logp, None
         if order is None or order.shape[0] < n:
             order = self.rng.permutation(pool.shape[0])
         idx = torch.as_tensor(order[:n], device=pool.device)
-        return pool[idx], order[n:]
+        return pool[idx], None if pool_logp is None else pool_logp[idx], order[n:]
 
     # filtering ---------------------------------------------------------------------
     def _obs_upto(self, k: int) -> ObsLogLik:
@@ -901,13 +527,8 @@ class IcnnJko(Solver):
 
     def _unnormalised_log_density(self, maps: list[Params], y: torch.Tensor) -> torch.Tensor:
         """log ρ0(x0) − Σ log det + Σ log L along the pulled-back trajectory of ``y``."""
-        out = []
-        for start in range(0, y.shape[0], CHUNK):
-            x0, logdet, _, log_w = pull_back(maps, y[start:start + CHUNK], self.eps,
-                                             self._obs_upto(len(maps)))
-            log0 = self._tensor(self.task.log_density_initial(x0.cpu().numpy()), torch.float64)
-            out.append(log0 - logdet + log_w)
-        return torch.cat(out) if out else torch.zeros(0, dtype=torch.float64)
+        return pulled_back_log_density(maps, y, self.eps, self.task.log_density_initial,
+                                       self._obs_upto(len(maps)))
 
     # results -------------------------------------------------------------------------
     def _result(self, k: int, info: dict) -> SolverResult:

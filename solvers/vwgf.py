@@ -41,12 +41,12 @@ Networks (the paper's parametrisations)
   floors g at 1e-10; ``"log"``: g = exp(u) (the paper's log-ratio option,
   ``non_log_ratio = 0``).
 - Map T_θ (``map``):
-  ``"icnn"`` (default): T = ∇ψ of the DenseICNN of :mod:`solvers.icnn_jko`
+  ``"icnn"`` (default): T = ∇ψ of icnn_jko's DenseICNN (:mod:`numerics.icnn`)
   (two hidden layers of ``width``, rank-``rank`` quadratic blocks, softplus),
   pre-trained to the identity; the paper uses the gradient of a DenseICNN for
   its porous-medium runs and evaluates densities through it by the change of
   variables. Densities: log ρ^(k)(T(x)) = log ρ^(k−1)(x) − log det ∇²ψ(x);
-  ``log_density`` inverts the maps by Newton (icnn_jko's ``pull_back``).
+  ``log_density`` inverts the maps by Newton (``numerics.icnn.pull_back``).
   Law ``iid_density``.
   ``"resnet"``: T(x) = x + PReLU(MLP(x)), ``depth`` hidden layers of
   ``width`` (the paper's mixture and BLR map). Not invertible by
@@ -143,8 +143,9 @@ import torch
 
 from solvers.base import (IID, IID_DENSITY, LOG_DENSITY, SAMPLES, Solver, SolverResult,
                           require_positive, steps_to_times)
-from solvers.icnn_jko import (clamp_nonnegative_, cosine_factor, detached, icnn_grad_hess,
-                              init_icnn, pretrain_identity, pull_back, push)
+from numerics.icnn import (clamp_nonnegative_, cosine_factor, detached, icnn_grad_hess,
+                          identity_pretrain_sampler, init_icnn, pretrain_identity,
+                          pulled_back_log_density, push, step_potential)
 from tasks.free_energy import (ENTROPY, INTERACTION, POROUS_MEDIUM, POTENTIAL, TIME_DEPENDENT,
                                free_energy_of)
 
@@ -535,30 +536,13 @@ class Vwgf(Solver):
 
     def _pretrain_sampler(self) -> Callable[[], torch.Tensor]:
         """Batches of ρ0, half of them spread 2× around the batch mean (as icnn_jko)."""
-        n = int(self.params["batch_size"])
-
-        def sample() -> torch.Tensor:
-            x = self.task.sample_initial(n, self.rng)
-            centre = x.mean(0)
-            x[: n // 2] = centre + 2.0 * (x[: n // 2] - centre)
-            return self._tensor(x)
-
-        return sample
+        return identity_pretrain_sampler(self.task.sample_initial, int(self.params["batch_size"]),
+                                         self.rng, self._tensor)
 
     def _potential(self, t: float) -> TensorFn:
-        """V on tensors for the step ending at time ``t``.
-
-        A time-dependent V is taken at the step's end (the implicit JKO step's
-        time); a data task's V is a fresh minibatch estimate at every call.
-        """
-        task = self.task
-        if TIME_DEPENDENT in self.terms:
-            return lambda y: task.potential_t_torch(y, t)
-        size = int(self.params["data_batch_size"])
-        probe = task.data_batch(size, self.rng) if size > 0 else None
-        if probe is None:
-            return lambda y: task.potential_torch(y)
-        return lambda y: task.potential_torch(y, task.data_batch(size, self.rng))
+        """V on tensors for the step ending at time ``t`` (at its end when V depends on t)."""
+        return step_potential(self.task, t, TIME_DEPENDENT in self.terms,
+                              int(self.params["data_batch_size"]), self.rng)
 
     # run ----------------------------------------------------------------------------
     def run(self):
@@ -655,14 +639,9 @@ class Vwgf(Solver):
             return log_density_affine
 
         def log_density_icnn(y: np.ndarray) -> np.ndarray:
-            y = np.atleast_2d(np.asarray(y, dtype=np.float64))
-            out = np.empty(y.shape[0])
-            for start in range(0, y.shape[0], CHUNK):
-                yt = self._tensor(y[start:start + CHUNK], torch.float64)
-                x0, logdet, _, _ = pull_back(maps64, yt, self.eps)
-                out[start:start + CHUNK] = (task.log_density_initial(x0.numpy())
-                                            - logdet.numpy())
-            return out
+            yt = self._tensor(np.atleast_2d(np.asarray(y, dtype=np.float64)), torch.float64)
+            return pulled_back_log_density(maps64, yt, self.eps, task.log_density_initial,
+                                           chunk=CHUNK).numpy()
 
         return log_density_icnn
 

@@ -193,8 +193,8 @@ def skip_reason(task: Any, solver_cls: Any) -> str:
         return ""
     solver = getattr(solver_cls, "name", getattr(solver_cls, "__name__", "solver"))
     return (f"{solver} does not handle the {', '.join(missing)} term"
-            f"{'s' if len(missing) > 1 else ''} of task {getattr(task, 'name', '?')!r}'s "
-            f"free energy")
+            f"{'s' if len(missing) > 1 else ''} of the free energy of task "
+            f"{getattr(task, 'name', '?')!r}")
 
 
 def mean_field_gradient(grad_w: Any, x: np.ndarray, y: np.ndarray,

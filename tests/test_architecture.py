@@ -43,7 +43,6 @@ _RUN_IDS = ("a run id hashes the source and the names of its solver's modules "
 SIZE_EXCEPTIONS = {
     "solvers/sbtm.py": _RUN_IDS,
     "solvers/scvm.py": _RUN_IDS,
-    "solvers/icnn_jko.py": _RUN_IDS,
 }
 
 

@@ -455,3 +455,23 @@ def test_em_is_unchanged_on_the_existing_tasks():
             assert float(x.sum()) == pytest.approx(total, rel=1e-12, abs=1e-12)
             assert float((x ** 2).sum()) == pytest.approx(square, rel=1e-12)
             np.testing.assert_allclose(x[0][:3], first, rtol=1e-12)
+
+
+def test_the_runner_writes_a_skipped_row_naming_the_missing_term(gfbench, tmp_path):
+    """End to end: a solver without ``supports`` on a task with an interaction is a
+    ``skipped`` row (one per time) whose reason names the term; the oracle runs."""
+    import pandas as pd
+
+    out = tmp_path / "out"
+    code, _, err = gfbench("run", "--task", "aggregation", "-P", "aggregation.dim=2",
+                           "--solver", "svgd", "--solver", "dual_jko", "--solver", "exact",
+                           "-P", "dual_jko.basis=poly",
+                           "--times", "0.25,0.5", "--seeds", "1", "--metrics", "energy",
+                           "--quiet", "--no-report", "--out", out)
+    assert code == 0, err
+    rows = pd.read_csv(out / "results.csv")
+    dual = rows[rows.solver == "dual_jko"]
+    assert len(dual) == 2 and (dual.status == "skipped").all()
+    assert dual.error.str.contains("interaction term").all()
+    assert dual.error.str.contains("'aggregation'").all()
+    assert (rows[rows.solver == "exact"].status == "ok").all()

@@ -28,9 +28,10 @@ import torch
 
 import icnn_baseline as old
 from execution.resources import reset_allocator, tune_allocator
-from solvers import icnn_jko as ij
+from numerics import icnn as ij
+from numerics.icnn import init_icnn
 from solvers.base import RunContext
-from solvers.icnn_jko import IcnnJko, init_icnn, jko_loss
+from solvers.icnn_jko import IcnnJko, jko_loss
 from tasks.ou import OrnsteinUhlenbeck
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -185,7 +186,7 @@ sys.path.insert(0, {bench!r})
 torch.set_num_threads(1)
 from execution.resources import tune_allocator
 import icnn_baseline as old
-from solvers import icnn_jko as ij
+from numerics import icnn as ij
 if {tuned}:
     tune_allocator()
 params = ij.detached(ij.init_icnn(12, 64, 5, torch.Generator().manual_seed(0)))

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from solvers.icnn_jko import ObsLogLik, Params, _obs_weight, icnn_potential, logdet_pd
+from numerics.icnn import ObsLogLik, Params, _obs_weight, icnn_potential, logdet_pd
 
 #: rows per chunk then
 OLD_CHUNK = 4096
