@@ -298,7 +298,8 @@ def _density_figures(doc: Document, frame: pd.DataFrame, task: str, palette: dic
     if values["label"].nunique() >= 1 and len(values) > 1:
         fig, ax = plt.subplots(figsize=(6.5, 3.4))
         sns.boxplot(data=values, x="label", y="symkl", ax=ax, color="0.8")
-        sns.stripplot(data=values, x="label", y="symkl", ax=ax, size=3, color="k")
+        # no jitter: a random jitter would make the figure differ on every export
+        sns.stripplot(data=values, x="label", y="symkl", ax=ax, size=3, color="k", jitter=False)
         ax.set_xlabel("")
         ax.tick_params(axis="x", rotation=30)
         ax.set_ylabel(aggregate.metric_title(metric) + " (symlog)")

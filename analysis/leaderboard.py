@@ -21,9 +21,23 @@ entry is clearly better than one that is within noise of the metric's lower
 bound (the value the exact law attains, 0 for a divergence): the oracle, at
 its floor, can tie but never lose. Infinite values rank behind every finite
 one. Entries whose runs all failed are listed with their status, unranked.
+
+Ties are broken by the task's other ranking metrics, in the task's order,
+and only by evidence: two entries that the table's metric cannot separate
+are compared with the same paired test on the next metric for which both
+have valid values (∞ included, invalid values and failed runs left out), and
+so on. The energy distance of every good OU solver (~1e-4) is below its own
+noise (~5e-4 at 4096 draws), while Monte Carlo SymKL separates the density
+solvers, so the energy table orders them by SymKL without ever ranking a
+particle set, which has no density, below anyone it ties on energy. The
+floor rule holds on every metric of the chain: the oracle, at the floor of
+each, stays rank 1. Entries that both fail on the table's metric (failed, ∞
+or invalid) stay tied, last. Each entry's note names the metric that placed it below
+a tied entry and, for every remaining tie, why each metric left it a tie.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -105,36 +119,161 @@ def at_floor(entry: pd.DataFrame, lower_bound: float | None, lower_is_better: bo
     return bool(high <= lower_bound + Z_FLOOR * noise)
 
 
+@dataclass(frozen=True)
+class Criterion:
+    """One metric of a table's ranking chain, with each entry's replicates on it.
+
+    Parameters
+    ----------
+    metric : str
+        The metric's name, as the notes print it.
+    entries : dict of str to DataFrame
+        Per entry label, ``value`` and ``se`` indexed by replicate key. An
+        entry missing here has no valid value of this metric: it is never
+        compared on it, so it neither wins nor loses by it.
+    lower_is_better : bool
+        Direction of the metric.
+    lower_bound : float or None
+        The metric's floor (what the exact law scores), if it has one.
+    """
+
+    metric: str
+    entries: dict[str, pd.DataFrame] = field(default_factory=dict)
+    lower_is_better: bool = True
+    lower_bound: float | None = None
+
+
 def rank_entries(entries: dict[str, pd.DataFrame], lower_is_better: bool,
-                 lower_bound: float | None = None) -> dict[str, int]:
+                 lower_bound: float | None = None,
+                 tiebreaks: tuple[Criterion, ...] = ()) -> dict[str, int]:
     """Competition ranks: 1 + the number of entries clearly better than each one."""
-    return rank_with_reasons(entries, lower_is_better, lower_bound)[0]
+    return rank_with_reasons(entries, lower_is_better, lower_bound, tiebreaks)[0]
+
+
+def _pair_verdict(a: str, b: str, chain: list[Criterion], floors: list[dict[str, bool]]
+                  ) -> tuple[str | None, int]:
+    """Which of ``a``, ``b`` is clearly better, on the first metric of ``chain`` that
+    separates them, and that metric's position; ``(None, len(chain))`` for a tie on all.
+
+    A metric separates a pair only if both have valid values on shared replicates
+    and one is clearly better than the other, who is not at that metric's floor.
+    Two entries that both fail on the table's metric (median at its worst value:
+    failed, ∞ or invalid) stay tied, last: a failure is not ranked among failures
+    by another metric.
+    """
+    for k, criterion in enumerate(chain):
+        ea, eb = criterion.entries.get(a), criterion.entries.get(b)
+        if ea is None or eb is None or ea.index.intersection(eb.index).empty:
+            continue  # nothing to pair on: this metric says nothing about the two
+        if not floors[k][b] and clearly_better(ea, eb, criterion.lower_is_better):
+            return a, k
+        if not floors[k][a] and clearly_better(eb, ea, criterion.lower_is_better):
+            return b, k
+        if k == 0 and _fails(ea, criterion) and _fails(eb, criterion):
+            return None, 0
+    return None, len(chain)
+
+
+def _fails(entry: pd.DataFrame, criterion: Criterion) -> bool:
+    """Whether an entry's median on ``criterion`` is the metric's worst value."""
+    worst = np.inf if criterion.lower_is_better else -np.inf
+    return bool(np.median(entry["value"].to_numpy(float)) == worst)
+
+
+def _tie_reason(i: str, j: str, criterion: Criterion, floor: dict[str, bool]) -> str:
+    """Why ``criterion``'s metric left ``i`` tied with ``j``, seen from ``i``."""
+    ei, ej = criterion.entries.get(i), criterion.entries.get(j)
+    if ei is None:
+        return f"{criterion.metric}: none valid here"
+    if ej is None:
+        return f"{criterion.metric}: none valid for them"
+    if ei.index.intersection(ej.index).empty:
+        return f"{criterion.metric}: no shared replicate"
+    if floor[i]:
+        return f"{criterion.metric}: within noise of the floor"
+    return f"{criterion.metric}: paired {RANK_LEVEL:.0%} interval includes 0"
+
+
+def _names(labels: list[str]) -> str:
+    return ", ".join(labels[:3]) + (f" and {len(labels) - 3} more" if len(labels) > 3 else "")
 
 
 def rank_with_reasons(entries: dict[str, pd.DataFrame], lower_is_better: bool,
-                      lower_bound: float | None = None
+                      lower_bound: float | None = None,
+                      tiebreaks: tuple[Criterion, ...] = (), metric: str = "the metric"
                       ) -> tuple[dict[str, int], dict[str, str]]:
-    """Ranks as :func:`rank_entries`, and for each tied entry why it ties.
+    """Ranks with ties broken by further metrics, and for each entry what placed it.
 
-    An entry ties another of the same rank when neither is clearly better:
-    the paired interval of their median difference includes 0 (or one sits
-    at the metric's floor, which cannot be beaten).
+    Parameters
+    ----------
+    entries : dict of str to DataFrame
+        Per entry, ``value`` and ``se`` on the table's metric, indexed by
+        replicate key (failures already entered at the worst value).
+    lower_is_better : bool
+        Direction of the table's metric.
+    lower_bound : float or None
+        The table's metric's floor; an entry within noise of it cannot be
+        beaten on that metric.
+    tiebreaks : tuple of Criterion
+        Further metrics, in order. A pair the table's metric leaves tied is
+        compared on the first of them that separates it (the same paired
+        test and floor rule); a pair where either has no valid value of a
+        metric skips that metric, so missing values cost nothing, and a pair
+        that both fail on the table's metric stays tied, last.
+    metric : str
+        The table's metric's name, for the notes.
+
+    Returns
+    -------
+    ranks : dict of str to int
+        1 + the number of entries that beat each one on the chain.
+    notes : dict of str to str
+        Per entry, the tie-breaking metric that placed it behind entries it
+        tied on the table's metric, and every tie with an entry of its own
+        rank with the reason each metric gave.
     """
-    floors = {label: at_floor(e, lower_bound, lower_is_better) for label, e in entries.items()}
-    beats = {(j, i): (not floors[i]) and clearly_better(entries[j], entries[i], lower_is_better)
-             for j in entries for i in entries if i != j}
-    ranks = {i: 1 + sum(beats[(j, i)] for j in entries if j != i) for i in entries}
-    reasons = {}
-    for i in entries:
-        tied = [j for j in entries if j != i and ranks[j] == ranks[i]
-                and not beats[(i, j)] and not beats[(j, i)]]
-        if not tied:
-            continue
-        names = ", ".join(tied[:3]) + (f" and {len(tied) - 3} more" if len(tied) > 3 else "")
-        reasons[i] = ("at the floor: its interval is within noise of the metric's lower bound"
-                      if floors[i] else f"ties {names}: the paired {RANK_LEVEL:.0%} interval of "
-                      "the median difference includes 0")
-    return ranks, reasons
+    chain = [Criterion(metric, entries, lower_is_better, lower_bound), *tiebreaks]
+    floors = [{label: at_floor(e, c.lower_bound, c.lower_is_better)
+               for label, e in c.entries.items()} for c in chain]
+    labels = list(entries)
+    winner, decided_by = {}, {}
+    for n, a in enumerate(labels):
+        for b in labels[n + 1:]:
+            winner[(a, b)], decided_by[(a, b)] = _pair_verdict(a, b, chain, floors)
+
+    def verdict(x: str, y: str) -> tuple[str | None, int]:
+        return (winner[(x, y)], decided_by[(x, y)]) if (x, y) in winner \
+            else (winner[(y, x)], decided_by[(y, x)])
+
+    ranks = {i: 1 + sum(verdict(i, j)[0] == j for j in labels if j != i) for i in labels}
+    notes = {}
+    for i in labels:
+        parts = []
+        behind: dict[int, list[str]] = {}
+        for j in labels:
+            if j != i and verdict(i, j)[0] == j and verdict(i, j)[1] > 0:
+                behind.setdefault(verdict(i, j)[1], []).append(j)
+        for k, names in sorted(behind.items()):
+            tied_on = ", ".join(c.metric for c in chain[:k])
+            parts.append(f"behind {_names(sorted(names))} on {chain[k].metric} "
+                         f"(tied on {tied_on})")
+        # "clearly better" is not transitive: an entry can beat one that shares its rank
+        level = sorted(j for j in labels if j != i and ranks[j] == ranks[i]
+                       and verdict(i, j) == (j, 0))
+        if level:
+            parts.append(f"behind {_names(level)} on {metric}, yet of the same rank: as many "
+                         "entries beat each")
+        groups: dict[str, list[str]] = {}
+        for j in labels:
+            if j != i and ranks[j] == ranks[i] and verdict(i, j)[0] is None:
+                why = f"{metric}: both fail, so no further metric orders them" \
+                    if verdict(i, j)[1] == 0 else \
+                    "; ".join(_tie_reason(i, j, c, floors[k]) for k, c in enumerate(chain))
+                groups.setdefault(why, []).append(j)
+        parts += [f"ties {_names(sorted(names))} ({why})" for why, names in groups.items()]
+        if parts:
+            notes[i] = "; ".join(parts)
+    return ranks, notes
 
 
 # --- tables ---------------------------------------------------------------------------------
@@ -154,9 +293,12 @@ def build_leaderboard(frame: pd.DataFrame, metric: str | None = None) -> pd.Data
         task_part = aggregate.final_time_rows(task_part)
         metrics = ranking_metrics(task, task_part, metric)
         for rank_metric in metrics or [None]:
+            # ties on this metric are broken by the task's other ranking metrics, in order
+            others = tuple(m for m in metrics if m != rank_metric)
             for group, part in task_part.groupby("group", sort=False):
                 rows.extend(_table(task, group, part, rank_metric,
-                                   primary=rank_metric == (metrics[0] if metrics else None)))
+                                   primary=rank_metric == (metrics[0] if metrics else None),
+                                   tiebreaks=others))
     board = pd.DataFrame(rows)
     if board.empty:
         return board
@@ -179,12 +321,36 @@ def _applies(part: pd.DataFrame, metric: str) -> bool:
     return bool((aggregate.invalid_reasons(part, metric) != "").any())
 
 
+def _valid_entry(runs: pd.DataFrame, metric: str) -> pd.DataFrame | None:
+    """An entry's valid values of ``metric`` (∞ included) by replicate, for breaking ties.
+
+    Failed runs, invalid values and NaN are left out rather than entered at
+    the worst value: a failure already ranks on the table's own metric, and a
+    tie-break must not punish an entry for what that metric does not judge.
+    """
+    ok = runs[runs["status"] == "ok"]
+    if metric not in ok or ok.empty:
+        return None
+    values = pd.to_numeric(ok[metric], errors="coerce")
+    keep = values.notna() & (aggregate.invalid_reasons(ok, metric) == "")
+    if not keep.any():
+        return None
+    se = pd.to_numeric(ok[f"{metric}_se"], errors="coerce") if f"{metric}_se" in ok \
+        else pd.Series(np.nan, index=ok.index)
+    entry = pd.DataFrame({"value": values[keep].to_numpy(float),
+                          "se": se[keep].to_numpy(float)},
+                         index=pd.Index(ok.loc[keep, "replicate"].to_numpy()))
+    return entry[~entry.index.duplicated(keep="first")]
+
+
 def _table(task: str, group: str, part: pd.DataFrame, metric: str | None,
-           primary: bool) -> list[dict]:
+           primary: bool, tiebreaks: tuple[str, ...] = ()) -> list[dict]:
     lower = aggregate.lower_is_better(metric) if metric else True
     bound = aggregate.metric_lower_bound(metric) if metric else None
     worst = aggregate.worst_value(metric) if metric else np.inf
     entries, records = {}, []
+    criteria = [Criterion(m, {}, aggregate.lower_is_better(m), aggregate.metric_lower_bound(m))
+                for m in tiebreaks if m in part]
     for label, runs in part.groupby("label", sort=True):
         runs = runs[runs["status"] != "skipped"] if (runs["status"] != "skipped").any() else runs
         ok = runs[runs["status"] == "ok"]
@@ -233,7 +399,12 @@ def _table(task: str, group: str, part: pd.DataFrame, metric: str | None,
         records.append(record)
         if len(entry):
             entries[label] = entry
-    ranks, ties = rank_with_reasons(entries, lower, bound) if entries else ({}, {})
+            for criterion in criteria:
+                valid = _valid_entry(runs, criterion.metric)
+                if valid is not None:
+                    criterion.entries[label] = valid
+    ranks, ties = rank_with_reasons(entries, lower, bound, tuple(criteria), metric or "") \
+        if entries else ({}, {})
     for record in records:
         record["rank"] = ranks.get(record["solver"], np.nan)
         if record["solver"] in ties:
@@ -332,7 +503,16 @@ RULE = ("Rank = 1 + the number of entries that are clearly better: over the repl
         "(seeds, data splits) two entries share, the 99 % interval of the median paired "
         "difference, with each run's Monte Carlo error, lies entirely on one side. Entries "
         "within noise of the metric's lower bound (0 for a divergence, where the exact law "
-        "sits) cannot be beaten; ∞ ranks last and counts as a failure. Cells give the median "
+        "sits) cannot be beaten; ∞ ranks last and counts as a failure. Two entries the "
+        "table's metric leaves tied are compared, by the same test and floor rule, on the "
+        "task's other ranking metrics in order (the energy table on Monte Carlo SymKL, the "
+        "SymKL table on energy): the first that separates them decides, and an entry without "
+        "valid values of a metric (a particle set has no density) is never compared on it, "
+        "so it neither gains nor loses by it; entries that both fail on the table's metric "
+        "stay tied, last. The note names the metric that placed an entry "
+        "behind one it tied, and gives for every remaining tie what each metric said: "
+        "within noise of the floor, a paired 99 % interval that includes 0, or no valid "
+        "value to pair. Cells give the median "
         "over replicates [90 % interval, from the replicates' spread and their Monte Carlo "
         "errors, cut at the metric's lower bound: the interval is of the true value, which "
         "cannot be below it, while an unbiased estimate — the median shown — can be: the "
