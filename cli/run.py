@@ -180,7 +180,8 @@ def cmd_run(args) -> int:
         print(f"gfbench: no --solver given: every solver ({len(config.blocks[0].solvers)}); "
               "those that cannot run a task give 'skipped' rows", file=sys.stderr)
     if not args.dry_run and config.backend == "loky" and config.n_jobs == 1:
-        parallel.warm_up(parallel.preload_modules(specs))  # imports overlap what follows
+        # imports overlap what follows; BLAS in the server is sized for the runs' threads
+        parallel.warm_up(parallel.preload_modules(specs), n_threads=config.n_threads or 1)
     estimate = estimate_specs(specs)
     if args.dry_run:
         # the answer first (runs and time per solver, on what basis); the list on request

@@ -25,6 +25,7 @@ run's failure never stops the grid.
 """
 from __future__ import annotations
 
+import json
 import multiprocessing as mp
 import os
 import shutil
@@ -168,7 +169,8 @@ def _child_main(spec: dict, out: str, options: dict, failures=None) -> None:
     tune_allocator()
     apply_threads(int(options.get("n_threads", 1)))
     # the forkserver may have started elsewhere: plugin directories come with the options
-    add_import_paths(options.get("import_paths", ()))
+    if options.get("import_paths"):  # (not for none: it would empty the server's caches)
+        add_import_paths(options["import_paths"])
     progress_dir = options.get("progress_dir")
     path = os.path.join(progress_dir, spec["run_id"]) if progress_dir else None
     try:
@@ -186,20 +188,27 @@ def _child_main(spec: dict, out: str, options: dict, failures=None) -> None:
         kill_run(os.getpid(), spare=os.getpid())
 
 
-def _context(preload: list[str] | None = None):
-    """The forkserver context; ``preload`` (module names) is what a server started now imports."""
+def _context(preload: list[str] | None = None, n_threads: int = 1):
+    """The forkserver context; a server started now imports ``preload`` (module names) and
+    loads BLAS for ``n_threads`` threads, as its runs use (execution/preload.py)."""
     if "forkserver" not in mp.get_all_start_methods():
         return mp.get_context("spawn")
     ctx = mp.get_context("forkserver")
     if preload is not None:
-        os.environ["GFBENCH_PRELOAD"] = ",".join(preload)
+        from multiprocessing import spawn
+
+        # and how a run re-creates our __main__ (the script, `-m cli.main`): done there once
+        main = {k: v for k, v in spawn.get_preparation_data("main").items()
+                if "main_from" in k or k in ("sys_argv", "sys_path")}
+        os.environ.update(GFBENCH_PRELOAD=",".join(preload), GFBENCH_THREADS=str(int(n_threads)),
+                          GFBENCH_MAIN=json.dumps(main))
     ctx.set_forkserver_preload(["execution.preload"])
     return ctx
 
 
-def warm_up(preload: list[str]) -> None:
+def warm_up(preload: list[str], n_threads: int = 1) -> None:
     """Start this process's forkserver now, so its imports overlap the caller's work."""
-    if _context(preload).get_start_method() == "forkserver":
+    if _context(preload, n_threads).get_start_method() == "forkserver":
         from multiprocessing import forkserver
 
         forkserver.ensure_running()
@@ -281,7 +290,7 @@ def _supervise_claimed(spec, out, options, claim) -> tuple[str, str]:
     """Run a claimed spec under its limits; (run status, first line of its error)."""
     max_memory = options.get("max_memory")
     options = {**options, "supervisor_pid": os.getpid()}
-    context = _context(options.get("preload"))
+    context = _context(options.get("preload"), int(options.get("n_threads", 1)))
     failures, failures_end = context.Pipe(duplex=False)
     child = context.Process(target=_child_main, args=(spec, out, options, failures_end),
                             daemon=False)

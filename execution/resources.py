@@ -19,6 +19,7 @@ import ctypes
 import ctypes.util
 import os
 import resource
+from functools import lru_cache
 
 #: mallopt parameters (glibc malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -32,13 +33,9 @@ def tune_allocator(mmap_threshold: int = 256 << 20, trim_threshold: int = 1 << 3
     mappings, the heap top is returned to the kernel only beyond
     ``trim_threshold``, and it grows ``top_pad`` bytes at a time.
     """
-    name = ctypes.util.find_library("c")
-    if not name or os.uname().sysname != "Linux":
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-    except (OSError, AttributeError):
+    libc = _libc()
+    mallopt = getattr(libc, "mallopt", None)
+    if mallopt is None:
         return False
     ok = [mallopt(M_MMAP_THRESHOLD, mmap_threshold), mallopt(M_TRIM_THRESHOLD, trim_threshold),
           mallopt(M_TOP_PAD, top_pad)]
@@ -224,15 +221,29 @@ def kill_run(root: int, seen: dict[int, str] | None = None, spare: int | None = 
     return len(stopped)
 
 
-def _prctl(option: int, value: int) -> bool:
-    """``prctl(option, value)`` (Linux; False elsewhere or when it fails)."""
+@lru_cache(maxsize=1)
+def _libc() -> ctypes.CDLL | None:
+    """glibc, loaded once per process (None where it is not Linux's C library).
+
+    Cached because ``find_library`` reads ``ldconfig -p`` (a subprocess) and
+    every run process needs libc three times as it starts; the forkserver
+    loads it once (execution/preload.py) and every run inherits it.
+    """
     name = ctypes.util.find_library("c")
     if not name or os.uname().sysname != "Linux":
-        return False
+        return None
     try:
-        return ctypes.CDLL(name, use_errno=True).prctl(option, value, 0, 0, 0) == 0
-    except (OSError, AttributeError):
+        return ctypes.CDLL(name, use_errno=True)
+    except OSError:
+        return None
+
+
+def _prctl(option: int, value: int) -> bool:
+    """``prctl(option, value)`` (Linux; False elsewhere or when it fails)."""
+    prctl = getattr(_libc(), "prctl", None)
+    if prctl is None:
         return False
+    return prctl(option, value, 0, 0, 0) == 0
 
 
 def become_subreaper() -> bool:

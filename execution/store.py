@@ -144,8 +144,10 @@ def write_run(out: Path, spec: dict, rows: list[dict]) -> Path:
     """Atomically write one run's rows; returns the file path."""
     rows = [_clean(r) for r in rows]
     spec = _clean(spec)
+    # written_ns orders runs that finish within one second of each other (finished_at has
+    # whole seconds, which the reports parse); it is not part of the rows or the checksum
     payload = {"format": FORMAT, "run_id": spec["run_id"], "spec": spec, "rows": rows,
-               "checksum": _checksum(spec, rows)}
+               "checksum": _checksum(spec, rows), "written_ns": time.time_ns()}
     path = runs_dir(out) / f"{spec['run_id']}.json"
     atomic_write_text(path, json.dumps(payload, default=_json_default, allow_nan=False))
     return path
@@ -248,8 +250,13 @@ def _same_generation(a: dict, b: dict) -> bool:
     return all(codes_a[m] == codes_b[m] for m in set(codes_a) & set(codes_b))
 
 
-def _finished(payload: dict) -> str:
-    return max((str(row.get("finished_at") or "") for row in payload["rows"]), default="")
+def _finished(payload: dict) -> tuple[str, int]:
+    """When a run finished: its rows' latest ``finished_at`` (whole seconds), then the
+    file's ``written_ns`` (0 in files written before it existed) to order runs of one second."""
+    written = payload.get("written_ns")
+    written = written if isinstance(written, int) and not isinstance(written, bool) else 0
+    return (max((str(row.get("finished_at") or "") for row in payload["rows"]), default=""),
+            written)
 
 
 def split_generations(payloads: dict[str, dict]) -> tuple[dict[str, dict], dict[str, dict]]:

@@ -120,3 +120,20 @@ def test_runs_of_one_generation_with_other_times_are_not_stale():
     }
     current, stale = store.split_generations(payloads)
     assert set(current) == {"r1", "r2"} and set(stale) == {"r3", "r4"}
+
+
+@pytest.mark.parametrize("old_id,new_id", [("a" * 16, "f" * 16), ("f" * 16, "a" * 16)])
+def test_runs_finished_in_one_second_are_ordered_by_when_their_files_were_written(old_id,
+                                                                                  new_id):
+    """finished_at has whole seconds: two generations finished within one second are told
+    apart by written_ns, whatever the order of their (random) run ids."""
+    def payload(run_id, code, written_ns):
+        spec = {"run_id": run_id, "task": "ou", "task_params": {"dim": 1}, "solver": "em",
+                "solver_params": {}, "seed": 0, "seed_entropy": 1, "task_code": code,
+                "solver_code": "s", "times": [0.5]}
+        return {"spec": spec, "written_ns": written_ns,
+                "rows": [{"run_id": run_id, "finished_at": "2026-12-05T08:00:00+00:00"}]}
+
+    payloads = {old_id: payload(old_id, "old", 1_000), new_id: payload(new_id, "new", 2_000)}
+    current, stale = store.split_generations(payloads)
+    assert list(current) == [new_id] and list(stale) == [old_id]

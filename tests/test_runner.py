@@ -228,3 +228,45 @@ def test_the_shared_reference_cache_changes_no_value_and_is_shared(tmp_path):
     # the second solver read the first one's reference terms; the 16 MB projections stayed out
     files = list(cache.glob("*.npz"))
     assert 1 <= len(files) <= 3 and all(f.stat().st_size < 4 << 20 for f in files)
+
+
+PROBE = '''
+import os
+import sys
+
+with open(sys.argv[1], "a") as log:  # one line per process that runs this script
+    log.write(f"{os.getpid()} {__name__}\\n")
+
+
+def probe(queue):
+    queue.put({"pid": os.getpid(), "sklearn": "sklearn.datasets" in sys.modules,
+               "torch": "torch" in sys.modules, "blas": os.environ.get("OPENBLAS_NUM_THREADS")})
+
+
+if __name__ == "__main__":
+    from execution import parallel
+
+    context = parallel._context(["tasks.ou", "solvers.exact"], n_threads=2)
+    queue = context.Queue()
+    child = context.Process(target=probe, args=(queue,))
+    child.start()
+    print(repr(queue.get()))
+    child.join()
+'''
+
+
+def test_a_run_process_starts_with_the_grids_imports_done_and_its_threads_set(tmp_path):
+    """What a run would import, the forkserver has: the task's lazy scikit-learn import,
+    the runner's main script (so no run re-executes it), BLAS loaded for the runs' threads;
+    torch, imported lazily by the task for torch solvers only, is left out."""
+    script, log = tmp_path / "probe.py", tmp_path / "mains.log"
+    script.write_text(PROBE)
+    done = subprocess.run([sys.executable, str(script), str(log)], capture_output=True,
+                          text=True, timeout=120, cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    seen = eval(done.stdout.strip().splitlines()[-1])  # noqa: S307 — our own probe's repr
+    assert seen["sklearn"] and not seen["torch"] and seen["blas"] == "2"
+    runners = dict(line.split()[::-1] for line in log.read_text().splitlines())
+    # the runner itself, and its forkserver once; never the run process
+    assert set(runners) == {"__main__", "__mp_main__"}
+    assert int(runners["__mp_main__"]) != seen["pid"]
