@@ -13,10 +13,15 @@ Run: python -m pytest tests/benchmarks/bench_icnn_jko.py --benchmark-enable -s
    previous Newton (Armijo on ψ, float64, every row); same values to 1e-6 relative.
 3. Cost per JKO step independent of k with the sample pool: step 20 <= 1.5x step 2.
 4. Peak memory of pushing a 1,024,000-row pool through one map (subprocesses).
+5. One training iteration against round 3 (icnn_baseline.round3_*: packed curvature
+   with index gathers, autograd through the Gram Function and log det, default Adam) at
+   (D, w) = (12, 64), (2, 256), (16, 256), (32, 256), called in turn; ratios and the
+   load in extra_info.
 """
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -110,6 +115,48 @@ def test_training_iteration_speedup(benchmark):
           f"alone: {base / MEANS['previous, run allocator']:.2f}x, together {total:.2f}x; "
           f"against per-dimension autograd {naive:.1f}x")
     assert total >= 1.6 and naive >= 12.0
+
+
+# --- round 4 against round 3 ------------------------------------------------------------------
+ROUND3_CASES = [(12, 64), (2, 256), (16, 256), (32, 256)]
+
+
+@pytest.mark.parametrize("dim,width", ROUND3_CASES, ids=[f"D{d}-w{w}" for d, w in ROUND3_CASES])
+def test_training_iteration_against_round3(benchmark, dim, width):
+    """solvers.icnn_jko.train_iteration against the round-3 path, called in turn (A, B, A, ...)."""
+    from solvers import icnn_jko
+    task = OrnsteinUhlenbeck(np.random.SeedSequence(0), dim=dim)
+    x = torch.as_tensor(task.sample_initial(BATCH, np.random.default_rng(0)),
+                        dtype=torch.float32)
+    old_params = init_icnn(dim, width, 5, torch.Generator().manual_seed(0))
+    old_opt = torch.optim.Adam(list(old_params.values()), lr=5e-3)
+    new_params = init_icnn(dim, width, 5, torch.Generator().manual_seed(0))
+    new_opt = icnn_jko.jko_optimizer(new_params, 5e-3)
+    steps = (lambda: old.round3_train_iteration(old_params, old_opt, x, 0.05, task.beta, 1e-6,
+                                                task.potential_torch),
+             lambda: icnn_jko.train_iteration(new_params, new_opt, x, 0.05, task.beta, 1e-6,
+                                              task.potential_torch))
+    repeats = 30 if dim < 32 else 10
+    tune_allocator()
+    try:
+        def interleaved():
+            times = np.empty((repeats + 3, 2))
+            for i in range(repeats + 3):
+                for k, step in enumerate(steps):
+                    start = time.perf_counter()
+                    step()
+                    times[i, k] = time.perf_counter() - start
+            return np.median(times[3:], axis=0)
+        t_old, t_new = benchmark.pedantic(interleaved, rounds=1)
+    finally:
+        reset_allocator()
+    ratio = t_old / t_new
+    benchmark.group = "icnn_jko training iteration: round 4 against round 3 (batch 1024)"
+    benchmark.extra_info.update(dim=dim, width=width, round3_ms=1e3 * t_old,
+                                current_ms=1e3 * t_new, ratio=ratio, load=os.getloadavg()[0])
+    print(f"\nD={dim} w={width}: round 3 {1e3 * t_old:.2f} ms, current {1e3 * t_new:.2f} ms, "
+          f"{ratio:.2f}x (load {os.getloadavg()[0]:.2f})")
+    assert ratio > 1.0
 
 
 # --- log_density --------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from numerics.icnn import ObsLogLik, Params, _obs_weight, icnn_potential, logdet_pd
+from numerics.icnn import (ObsLogLik, Params, _cholesky_with_jitter, _obs_weight,
+                          icnn_potential, logdet_pd)
 
 #: rows per chunk then
 OLD_CHUNK = 4096
@@ -217,3 +218,138 @@ def round2_jko_loss(params: Params, x: torch.Tensor, h: float, beta: float, eps:
     logdet, _ = logdet_pd(hess)
     transport = 0.5 * ((grad - x) ** 2).sum(1).mean()
     return transport + h * (potential(grad).mean() - logdet.mean() / beta)
+
+
+# --- round 3 (issue 36, before the selection-matrix / fused log-det work) ----------------------
+# The hot path of numerics/icnn.py at commit 94a5a48: K packed to its P = D(D+1)/2 upper
+# entries with index gathers (x_d x_e, Σ_j v_j K_j unpacked by an index, the Jacobian
+# table by an index), the Gram term in row blocks of 2^19 elements (LinearGram), log det
+# by Cholesky with the gradient H⁻¹ from cholesky_inverse, Adam with its default
+# (single-tensor) implementation. tests/test_icnn_jko.py compares the current loss and
+# its gradients with these in float64; bench_icnn_jko.py times the two side by side.
+ROUND3_GRAM_BLOCK = 2 ** 19
+
+
+def round3_symmetric_packing(dim: int, device: torch.device | str = "cpu"
+                             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``rows, cols (P,)`` of the upper triangle; ``full (D*D,)``: each entry's packed position."""
+    rows, cols = torch.triu_indices(dim, dim, device=device)
+    pos = torch.empty(dim, dim, dtype=torch.long, device=device)
+    packed = torch.arange(rows.shape[0], device=device)
+    pos[rows, cols] = packed
+    pos[cols, rows] = packed
+    return rows, cols, pos.reshape(-1)
+
+
+def round3_packed_quadratic_form(params: Params
+                                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``K (P, w)`` packed upper triangles, ``B (D, w)``, ``a (w,)``, by index gathers."""
+    dim, width = params["W1"].shape[1], params["b1"].shape[0]
+    rows, cols, _ = round3_symmetric_packing(dim, params["Q1"].device)
+    q1 = params["Q1"].view(dim, -1, width)
+    q2 = params["Q2"].view(dim, -1, width)
+    s1 = (q1[rows] * q1[cols]).sum(1)
+    s2 = (q2[rows] * q2[cols]).sum(1)
+    curv = 2.0 * torch.addmm(s2, s1, params["Z"].T)
+    lin = (params["Z"] @ params["W1"] + params["W2"]).T
+    const = params["Z"] @ params["b1"] + params["b2"]
+    return curv, lin, const
+
+
+class Round3LinearGram(torch.autograd.Function):
+    """H_n = base_n + J_n diag(w_n) J_nᵀ, J_n = ([x_n, 1] @ table).view(D, w), in row blocks."""
+
+    @staticmethod
+    def forward(ctx, xt, table, weight, base, rows):
+        ctx.save_for_backward(xt, table, weight)
+        ctx.rows = rows
+        out = base.clone()
+        width = weight.shape[1]
+        for start in range(0, xt.shape[0], rows):
+            jac = (xt[start:start + rows] @ table).view(-1, table.shape[1] // width, width)
+            out[start:start + rows].baddbmm_(jac * weight[start:start + rows, None, :],
+                                             jac.transpose(1, 2))
+        return out
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        xt, table, weight = ctx.saved_tensors
+        rows, width = ctx.rows, weight.shape[1]
+        sym = grad_out + grad_out.transpose(1, 2)
+        d_table = torch.zeros_like(table)
+        d_weight = torch.empty_like(weight)
+        for start in range(0, xt.shape[0], rows):
+            stop = min(start + rows, xt.shape[0])
+            jac = (xt[start:stop] @ table).view(stop - start, -1, width)
+            m = torch.bmm(sym[start:stop], jac)
+            torch.sum(m * jac, 1, out=d_weight[start:stop])
+            m *= weight[start:stop, None, :]
+            d_table.addmm_(xt[start:stop].T, m.view(stop - start, -1))
+        return None, d_table, d_weight.mul_(0.5), grad_out, None
+
+
+def round3_grad_hess(params: Params, x: torch.Tensor, eps: float, hessian: bool = True
+                     ) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """∇ψ ``(n, D)`` and ∇²ψ ``(n, D, D)`` as round 3 computed them (differentiable)."""
+    n, dim = x.shape
+    curv, lin, const = round3_packed_quadratic_form(params)
+    width = const.shape[0]
+    rows, cols, full = round3_symmetric_packing(dim, x.device)
+    half = torch.where(rows == cols, 0.5, 1.0).to(x.dtype)
+    xx = x[:, rows] * x[:, cols] * half
+    u = torch.addmm(const, xx, curv) + x @ lin
+    s = torch.sigmoid(u)
+    v = s * params["c"]
+    inner = (v @ curv.T)[:, full].view(n, dim, dim)
+    grad = (inner * x[:, None, :]).sum(2) + v @ lin.T + eps * x
+    if not hessian:
+        return grad, None
+    table = torch.cat([curv[full].view(dim, dim * width), lin.reshape(1, dim * width)], 0)
+    xt = torch.cat([x, torch.ones(n, 1, dtype=x.dtype, device=x.device)], 1)
+    weight = params["c"] * s * (1.0 - s)
+    base = inner + eps * torch.eye(dim, dtype=x.dtype, device=x.device)
+    block = max(1, min(n, max(64, ROUND3_GRAM_BLOCK // (dim * width))))
+    return grad, Round3LinearGram.apply(xt, table, weight, base, block)
+
+
+class Round3LogDetPD(torch.autograd.Function):
+    """log det H from a Cholesky factor; gradient H⁻¹ by ``cholesky_inverse`` of it."""
+
+    @staticmethod
+    def forward(ctx, hess, chol):
+        ctx.save_for_backward(chol)
+        return 2.0 * torch.log(chol.diagonal(dim1=-2, dim2=-1)).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (chol,) = ctx.saved_tensors
+        return grad_out[:, None, None] * torch.cholesky_inverse(chol), None
+
+
+def round3_logdet_pd(hess: torch.Tensor) -> torch.Tensor:
+    """log det of SPD ``(n, D, D)`` as round 3 computed it (jitter for non-PD ones)."""
+    with torch.no_grad():
+        chol, _ = _cholesky_with_jitter(hess)
+    return Round3LogDetPD.apply(hess, chol)
+
+
+def round3_jko_loss(params: Params, x: torch.Tensor, h: float, beta: float, eps: float,
+                    potential) -> torch.Tensor:
+    """The h-scaled JKO objective (potential and entropy terms) as round 3 computed it."""
+    grad, hess = round3_grad_hess(params, x, eps)
+    logdet = round3_logdet_pd(hess)
+    transport = 0.5 * ((grad - x) ** 2).sum(1).mean()
+    return transport + h * (potential(grad).mean() - logdet.mean() / beta)
+
+
+def round3_train_iteration(params: Params, optimizer: torch.optim.Optimizer, x: torch.Tensor,
+                           h: float, beta: float, eps: float, potential) -> float:
+    """One round-3 iteration: zero, loss, backward, Adam step (as the caller built it), clamp."""
+    optimizer.zero_grad(set_to_none=True)
+    loss = round3_jko_loss(params, x, h, beta, eps, potential)
+    loss.backward()
+    optimizer.step()
+    with torch.no_grad():
+        params["Z"].clamp_(min=0.0)
+        params["c"].clamp_(min=0.0)
+    return float(loss.detach())
