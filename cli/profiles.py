@@ -17,7 +17,8 @@ Schema (TOML shown; YAML has the same keys)::
 
 Several ``[[grid]]`` blocks, each with its own ``tasks`` and ``solvers``
 tables, cross only within a block (e.g. JKO settings per task); a block may
-set its own ``seeds`` (``--seeds`` on the command line overrides every block).
+set its own ``seeds`` and ``metrics`` (``--seeds`` / ``--metrics`` on the command line
+override every block).
 Unknown keys are errors, never ignored. A memory size (a profile's
 ``max_memory``, ``--max-memory``) is read by :func:`parse_size`, here because
 both the profiles and the options need it.
@@ -94,12 +95,15 @@ def to_config(data: dict[str, Any]) -> RunConfig:
         blocks.append(GridBlock(_grid_table("tasks", data.get("tasks")),
                                 _grid_table("solvers", data.get("solvers"))))
     for i, block in enumerate(data.get("grid", []) or []):
-        if not isinstance(block, dict) or set(block) - {"tasks", "solvers", "seeds"}:
-            raise BadInput(f"profile: grid block {i} may only hold 'tasks', 'solvers' "
-                           "and 'seeds'")
+        if not isinstance(block, dict) or set(block) - {"tasks", "solvers", "seeds", "metrics"}:
+            raise BadInput(f"profile: grid block {i} may only hold 'tasks', 'solvers', "
+                           "'seeds' and 'metrics'")
         seeds = parse_seeds(block["seeds"]) if "seeds" in block else None
+        metrics = _metric_list(f"grid[{i}].metrics", block["metrics"]) \
+            if "metrics" in block else None
         blocks.append(GridBlock(_grid_table(f"grid[{i}].tasks", block.get("tasks")),
-                                _grid_table(f"grid[{i}].solvers", block.get("solvers")), seeds))
+                                _grid_table(f"grid[{i}].solvers", block.get("solvers")), seeds,
+                                metrics))
     config = RunConfig(blocks=blocks)
     if "seeds" in run:
         config.seeds = parse_seeds(run["seeds"])
@@ -121,12 +125,7 @@ def to_config(data: dict[str, Any]) -> RunConfig:
                            f"{run['retry_failed']!r}")
         config.retry_failed = run["retry_failed"]
     if "metrics" in run:
-        metrics = run["metrics"]
-        if not isinstance(metrics, list) or not metrics \
-                or not all(isinstance(m, str) for m in metrics):
-            raise BadInput(f"profile: run.metrics must be a list of metric names, got "
-                           f"{metrics!r}")
-        config.metrics = metrics
+        config.metrics = _metric_list("run.metrics", run["metrics"])
     for key in ("device", "backend", "scheduler"):
         if key in run:
             if not isinstance(run[key], str):
@@ -149,3 +148,11 @@ def parse_size(text: str | int) -> int:
     if not value >= 2**27 or value != value or value > 2**50:
         raise BadInput(f"memory size {text!r} must be at least 128M")
     return int(value)
+
+
+def _metric_list(where: str, metrics: Any) -> list[str]:
+    """A non-empty list of metric names (checked against the registry by ``expand``)."""
+    if not isinstance(metrics, list) or not metrics \
+            or not all(isinstance(m, str) for m in metrics):
+        raise BadInput(f"profile: {where} must be a list of metric names, got {metrics!r}")
+    return metrics

@@ -71,6 +71,8 @@ def _config_from_args(args) -> RunConfig:
             block.seeds = None
     if args.metrics:
         config.metrics = [m.strip() for m in args.metrics.split(",") if m.strip()]
+        for block in config.blocks:
+            block.metrics = None
     if args.max_memory is not None:
         config.max_memory = parse_size(args.max_memory)
     for attr, value in (("n_jobs", args.jobs), ("timeout", args.timeout), ("device", args.device),

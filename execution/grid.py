@@ -39,12 +39,16 @@ class GridBlock:
     Each maps a name to a parameter grid ``{param: [values]}``; a task grid
     may also hold ``times`` (a subset of evaluation times). ``seeds``, when
     set, replaces the run's seeds for this block only (e.g. 15 seeds for a
-    cheap task, 3 for an expensive one).
+    cheap task, 3 for an expensive one); ``metrics``, when set, replaces the
+    run's metrics for this block only (e.g. the predictive metrics of a data
+    task beside the transient tasks' distances), without changing the run ids
+    of the other blocks.
     """
 
     tasks: dict[str, dict[str, list]]
     solvers: dict[str, dict[str, list]]
     seeds: list[int] | None = None
+    metrics: list[str] | None = None
 
 
 @dataclass
@@ -187,9 +191,11 @@ def expand(config: RunConfig) -> list[dict]:
     if n_runs > MAX_RUNS:
         raise BadInput(f"the grid asks for {n_runs:,} runs, over the limit of {MAX_RUNS:,} "
                        "a single invocation may run; split it")
-    metric_versions, metric_code = _metric_versions(config.metrics)
+    run_metrics = _metric_versions(config.metrics)
     specs, seen, checked = [], set(), set()
     for block in config.blocks:
+        metric_versions, metric_code = (run_metrics if block.metrics is None
+                                        else _metric_versions(block.metrics))
         for task_name, task_grid in block.tasks.items():
             try:
                 task_cls = registry.get_task(task_name)

@@ -94,3 +94,36 @@ def test_runs_in_several_blocks_count_once_unless_their_times_differ(blr_data):
     est = estimate.estimate_profile(data, registry.index(), {})
     assert est.runs == len(expand(to_config(data))) == 8 + 4 + 2
     assert est.per_solver["exact"][0] == 4 + 2 + 2
+
+
+def test_a_block_may_set_its_own_metrics_without_changing_the_other_blocks_run_ids(tmp_path):
+    """Block-level ``metrics`` replace the run's for that block only; the other blocks'
+    run ids are those of the profile without the block; ``--metrics`` overrides all."""
+    from cli.profiles import BadInput
+
+    base = ('[run]\nseeds = 1\nmetrics = ["energy"]\n'
+            '[[grid]]\ntasks.ou = { dim = [1], times = [0.5] }\nsolvers.exact = {}\n')
+    extra = ('[[grid]]\nmetrics = ["energy", "symkl"]\n'
+             'tasks.ou = { dim = [2], times = [0.5] }\nsolvers.exact = {}\n')
+    (tmp_path / "a.toml").write_text(base)
+    (tmp_path / "b.toml").write_text(base + extra)
+    only = expand(to_config(read_profile(str(tmp_path / "a.toml"))))
+    both = expand(to_config(read_profile(str(tmp_path / "b.toml"))))
+    assert [s["run_id"] for s in both[:1]] == [s["run_id"] for s in only]
+    assert set(both[0]["metrics"]) == {"energy"}
+    assert set(both[1]["metrics"]) == {"energy", "symkl"}
+    (tmp_path / "c.toml").write_text(base + extra.replace('["energy", "symkl"]', '"symkl"'))
+    with pytest.raises(BadInput, match=r"grid\[1\].metrics"):
+        to_config(read_profile(str(tmp_path / "c.toml")))
+
+
+def test_command_line_metrics_override_every_block(gfbench, tmp_path):
+    profile = tmp_path / "p.toml"
+    profile.write_text('[run]\nseeds = 1\n[[grid]]\nmetrics = ["energy", "symkl"]\n'
+                       'tasks.ou = { dim = [1], times = [0.5] }\nsolvers.exact = {}\n')
+    code, _, err = gfbench("run", "--profile", str(profile), "--metrics", "energy",
+                           "--quiet", "--no-report", "--out", tmp_path / "out")
+    assert code == 0, err
+    import pandas as pd
+    rows = pd.read_csv(tmp_path / "out" / "results.csv")
+    assert "energy" in rows and "symkl" not in rows
