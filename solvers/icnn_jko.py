@@ -11,8 +11,9 @@ original code used). Φ is estimated on a data minibatch for tasks whose
 
 Network: a DenseICNN (two hidden layers of width w, rank-r quadratic blocks,
 softplus), its gradient and Hessian in closed form, log det by Cholesky, and
-the pushes and Newton inversions below: :mod:`numerics.icnn` (shared with
-:mod:`solvers.vwgf`; moved there unchanged, the outputs bit-identical).
+the pushes and Newton inversions below: :mod:`numerics.icnn` and
+:mod:`numerics.icnn_maps` (shared with :mod:`solvers.vwgf`; moved there
+unchanged, the outputs bit-identical).
 Training (round 4 of issue 36): the loss takes ∇ψ and log det ∇²ψ from one
 fused Function (:func:`numerics.icnn.icnn_grad_logdet`; same loss and
 gradients as the previous path to ~1e-15 in float64, tests/test_icnn_jko.py)
@@ -182,11 +183,11 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
-from numerics.icnn import (ObsLogLik, Params, clamp_nonnegative_, cosine_factor, detached,
-                          icnn_grad_hess, icnn_grad_logdet,
-                          identity_pretrain_sampler, init_icnn, logdet_pd,
-                          naive_grad_hess, pretrain_identity, pulled_back_log_density, push,
-                          push_trajectory, step_potential)
+from numerics.icnn import (Params, clamp_nonnegative_, icnn_grad_hess, icnn_grad_logdet,
+                           init_icnn, logdet_pd, naive_grad_hess)
+from numerics.icnn_maps import (ObsLogLik, cosine_factor, detached, identity_pretrain_sampler,
+                                pretrain_identity, pulled_back_log_density, push, push_trajectory,
+                                step_potential)
 from solvers.base import (FILTERING, GPU, IID_DENSITY, LOG_DENSITY, SAMPLES, Solver,
                           SolverResult, require_positive, steps_to_times)
 from tasks.free_energy import (ENTROPY, INTERACTION, POROUS_MEDIUM, POTENTIAL, TIME_DEPENDENT,

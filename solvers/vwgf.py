@@ -46,7 +46,7 @@ Networks (the paper's parametrisations)
   pre-trained to the identity; the paper uses the gradient of a DenseICNN for
   its porous-medium runs and evaluates densities through it by the change of
   variables. Densities: log ρ^(k)(T(x)) = log ρ^(k−1)(x) − log det ∇²ψ(x);
-  ``log_density`` inverts the maps by Newton (``numerics.icnn.pull_back``).
+  ``log_density`` inverts the maps by Newton (``numerics.icnn_maps.pull_back``).
   Law ``iid_density``.
   ``"resnet"``: T(x) = x + PReLU(MLP(x)), ``depth`` hidden layers of
   ``width`` (the paper's mixture and BLR map). Not invertible by
@@ -143,9 +143,9 @@ import torch
 
 from solvers.base import (IID, IID_DENSITY, LOG_DENSITY, SAMPLES, Solver, SolverResult,
                           require_positive, steps_to_times)
-from numerics.icnn import (clamp_nonnegative_, cosine_factor, detached, icnn_grad_hess,
-                          identity_pretrain_sampler, init_icnn, pretrain_identity,
-                          pulled_back_log_density, push, step_potential)
+from numerics.icnn import clamp_nonnegative_, icnn_grad_hess, init_icnn
+from numerics.icnn_maps import (cosine_factor, detached, identity_pretrain_sampler,
+                                pretrain_identity, pulled_back_log_density, push, step_potential)
 from tasks.free_energy import (ENTROPY, INTERACTION, POROUS_MEDIUM, POTENTIAL, TIME_DEPENDENT,
                                free_energy_of)
 

@@ -7,8 +7,8 @@ import torch
 
 from metrics.symkl import SYMKL, SYMKL_GRID, symkl_from_logs
 from solvers.base import RunContext, SolverResult
-from numerics.icnn import (icnn_grad_hess, icnn_potential, init_icnn, invert_map, logdet_pd,
-                          naive_grad_hess, pull_back, push)
+from numerics.icnn import (icnn_grad_hess, icnn_potential, init_icnn, logdet_pd, naive_grad_hess)
+from numerics.icnn_maps import (invert_map, pull_back, push)
 from solvers.icnn_jko import IcnnJko, independence_mh, jko_loss, mh_iterations
 from tasks.aggregation import Aggregation
 from tasks.base import Reference, Task, gaussian_log_density, gaussian_sampler

@@ -34,6 +34,7 @@ import torch
 import icnn_baseline as old
 from execution.resources import reset_allocator, tune_allocator
 from numerics import icnn as ij
+from numerics import icnn_maps as im
 from numerics.icnn import init_icnn
 from solvers.base import RunContext
 from solvers.icnn_jko import IcnnJko, jko_loss
@@ -171,7 +172,7 @@ def _trained_maps() -> list[dict]:
     solver = IcnnJko(iters=500, pretrain_iters=500, n_samples=256)
     solver.setup(task, [0.9], np.random.SeedSequence(1), RunContext())
     solver.run()
-    maps = [ij.detached(m, torch.float64) for m in solver.maps]
+    maps = [im.detached(m, torch.float64) for m in solver.maps]
     torch.save(maps, MAPS)
     return maps
 
@@ -186,8 +187,8 @@ def test_log_density_after_18_maps(benchmark):
                           for i in range(0, 8192, 4096)])
 
     def current():
-        return torch.cat([ij.pull_back(maps, y[i:i + ij.CHUNK], 1e-6)[1]
-                          for i in range(0, 8192, ij.CHUNK)])
+        return torch.cat([im.pull_back(maps, y[i:i + im.CHUNK], 1e-6)[1]
+                          for i in range(0, 8192, im.CHUNK)])
 
     reset_allocator()
     start = time.perf_counter()
@@ -200,7 +201,7 @@ def test_log_density_after_18_maps(benchmark):
         reset_allocator()
     after = benchmark.stats.stats.mean
     log_p0 = torch.as_tensor(task.log_density_initial(
-        ij.pull_back(maps, y[:64], 1e-6)[0].numpy()))
+        im.pull_back(maps, y[:64], 1e-6)[0].numpy()))
     relative = float(((got - expected).abs()[:64] / (log_p0 - expected[:64]).abs()).max())
     benchmark.extra_info.update(previous_s=before, current_s=after, ratio=before / after,
                                 relative=relative)
@@ -234,12 +235,13 @@ torch.set_num_threads(1)
 from execution.resources import tune_allocator
 import icnn_baseline as old
 from numerics import icnn as ij
+from numerics import icnn_maps as im
 if {tuned}:
     tune_allocator()
-params = ij.detached(ij.init_icnn(12, 64, 5, torch.Generator().manual_seed(0)))
+params = im.detached(ij.init_icnn(12, 64, 5, torch.Generator().manual_seed(0)))
 pool = torch.randn(1_024_000, 12)
 before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-push = old.push_trajectory if {previous} else ij.push_trajectory
+push = old.push_trajectory if {previous} else im.push_trajectory
 for _ in range(3):
     pool = push([params], pool, 1e-6)[0]
 print(json.dumps([before, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024]))

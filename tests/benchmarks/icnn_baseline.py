@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import torch
 
-from numerics.icnn import (ObsLogLik, Params, _cholesky_with_jitter, _obs_weight,
-                          icnn_potential, logdet_pd)
+from numerics.icnn import (Params, _cholesky_with_jitter, icnn_potential, logdet_pd)
+from numerics.icnn_maps import (ObsLogLik, _obs_weight)
 
 #: rows per chunk then
 OLD_CHUNK = 4096
