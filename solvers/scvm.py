@@ -13,7 +13,10 @@ Algorithm (one outer iteration = one Adam step: the authors' train_flow_rep = 1)
 1. draw B fresh x0 ~ ρ0 and K stratified times t_k = (k + U_k)·T/K,
    k = 0..K−1, shared by the batch, with t = 0 added;
 2. integrate the ODE with the *current* parameters without gradient (the
-   method's stop-gradient, its "biased gradient") to the points x_{t_k};
+   method's stop-gradient, its "biased gradient") to the points x_{t_k}, by
+   adaptive Dormand–Prince 5(4) at rtol = atol = ``ode_tol`` = 1e-4 (the
+   authors' integrator and tolerance; ``integrator = "rk4"``: the previous
+   fixed-step RK4, below);
 3. one Adam step on the integration-by-parts (IBP) loss at those frozen points,
 
        L(θ) = mean_{k,i} |v_θ|² − 2[v_θ·b + β⁻¹ div_x v_θ]  at (t_k, x_i),  b = −∇Φ,
@@ -60,12 +63,34 @@ t = 0.5 / 0.9 against 0.43 / 0.55 with the exact trace. Meant for large D.
 
 ODE and densities
 -----------------
-Classical RK4 with equal steps no longer than 1/``ode_steps``: the training
-path takes ceil(Δt·ode_steps) steps between consecutive training times
-(every output time hit exactly, as an adaptive solver with output times
-would), ``draw`` at time t takes ceil(t·ode_steps) equal steps on [0, t] and
-``log_density`` the same grid backwards. The authors use adaptive Dopri5
-(rtol = atol = 1e-4); a fixed step keeps an iteration's cost fixed, and
+Training (``integrator = "dopri5"``, the default since #36): :func:`dopri5_path`,
+Dormand–Prince 5(4) with FSAL (six network evaluations a step), local
+extrapolation, the embedded fourth-order weights of Hairer's DOPRI5 (diffrax
+uses Dormand and Prince's other fourth-order row: the same order, error
+estimates of the same size), and diffrax's integral step control as the authors call it
+(safety 0.9, growth ≤ 10 after an accepted step, shrink to [0.2, 0.9]× after
+a rejected one, error = RMS over a point's coordinates of the error scaled by
+atol + rtol·max(|y0|, |y1|)); the training times are read off the
+fourth-order continuous extension, so no step is shortened to hit them (as
+diffrax's ``SaveAt(ts=...)``). The batch shares one step, accepted when the
+*worst* point's error is below one: every trajectory meets the tolerance as
+in the authors' per-trajectory (vmapped) solve, whose loop also runs as many
+iterations as its slowest trajectory, and each stage is one batched network
+evaluation. The first attempt is the step the controller proposed after the
+previous iteration's first step (the authors start every solve at 0.01 and
+grow ≤ 10× a step: 2–3 extra steps an iteration); 4096 attempts raise
+:class:`FloatingPointError`. Stiffness needs no rule here: the controller
+finds hλ ≲ 3.3 by itself (tests/test_scvm.py: λ = 300, 97 steps per unit time
+and 23 rejections); the stiffness rule below still sets the evaluation's
+RK4 steps. ``integrator = "rk4"`` trains on the fixed-step path
+below (``trajectory_at``: ceil(Δt·steps) RK4 steps between consecutive
+training times), the previous default, kept for comparisons.
+
+Evaluation (``draw``, ``log_density``, samples, the self-consistency check)
+and ``integrator = "rk4"`` training: classical RK4 with equal steps no longer
+than 1/``ode_steps``: ``draw`` at time t takes ceil(t·ode_steps) equal steps
+on [0, t] and ``log_density`` the same grid backwards. A fixed step here
+keeps an evaluation's cost fixed, and
 forward and backward passes on one grid make a round trip return to its
 start to O(h⁴) (measured 7e-7 in x and 2.5e-6 in log-density on a 2-D test
 model, float32). 32 steps per unit time: RK4 is stable for hλ < 2.78, and the
@@ -100,15 +125,19 @@ Evaluation runs in the training dtype; the outputs are float64.
 Defaults (CPU sizes), the measurements behind them
 --------------------------------------------------
 iters 1000, batch 256, K = 10, width 64, rank 20, lr 3e-3 with a cosine decay
-to 1e-3 × lr, Adam β = (0.9, 0.9), ode_steps 32, exact divergence, float32.
+to 1e-3 × lr, Adam β = (0.9, 0.9), integrator dopri5 at ode_tol 1e-4 (training),
+ode_steps 32 (evaluation), exact divergence, float32.
 Departures from the authors' configurations, all for one CPU thread: width
 64 (256), batch 256 (1000), K = 10 (20), 1000 iterations (5000–10000), lr 3e-3
-(1e-3), fixed-step RK4 (adaptive Dopri5), forward-mode divergence (reverse
-mode). Kept: the cosine decay to 1e-3×, β2 = 0.9 (their command lines), no
-clipping, float32, stratified times with t = 0, the IBP loss, the network.
+(1e-3), one Dopri5 step shared by the batch (one per trajectory), fixed-step
+RK4 at evaluation (Dopri5), forward-mode divergence (reverse mode). Kept:
+the cosine decay to 1e-3×, β2 = 0.9 (their command lines), no clipping,
+float32, stratified times with t = 0, the IBP loss, the network, their
+integrator and tolerance for the training ODE.
 
-Measured on OU with task seeds 100 and 101 (outside the benchmark's 0–2),
-solver seed SeedSequence(7), evaluation times 0.1, ..., 1.0 (T = 1), one
+Measured (with the previous RK4 training ODE; Dopri5 left SymKL unchanged where
+compared, "Speed" below) on OU with task seeds 100 and 101 (outside the
+benchmark's 0–2), solver seed SeedSequence(7), evaluation times 0.1, ..., 1.0 (T = 1), one
 torch thread on a 2-core machine shared with another job (load 2–5, so the
 times are upper bounds); SymKL = ``metrics.symkl.SYMKL`` (8192 draws a side,
 standard error ≈ 4e-4 at these values; negative values are noise):
@@ -153,9 +182,11 @@ samples than the defaults.
 
 Cost model
 ----------
-One iteration = the no-grad training ODE, B·(T·ode_steps + K)·4 network
-evaluations (grows with B, T and ode_steps), plus the loss at B·(K + 1)
-points with D tangent rows each (exact; P with Hutchinson), forward and
+One iteration = the no-grad training ODE, B·6·(accepted + rejected steps)
+network evaluations with Dopri5 (as many as the field needs at the
+tolerance: 1–2 steps on OU D = 2, ≈ 5 at D = 10 near the initial weights;
+``info["ode"]`` reports the run's mean), B·(T·ode_steps + K)·4 with RK4,
+plus the loss at B·(K + 1) points with D tangent rows each (exact; P with Hutchinson), forward and
 backward, ∝ B·(K + 1)·D·width². The loss dominates from D ≈ 4: at the
 defaults on one thread ≈ 0.05 s per iteration at D ≤ 2 and ≈ 0.13 s at
 D = 12 (run times above). Evaluation: one ``draw`` or ``log_density`` of n
@@ -178,7 +209,7 @@ residuals of v_θ = b − β⁻¹∇log ρ^θ_t at 256 fresh draws of the return
 (:meth:`Scvm.self_consistency`; 0 for the exact flow, ~1 for a velocity that
 misses the score). ``ibp_loss``: the last 5 % of iterations' mean IBP loss
 (E|v − v*|² up to a constant of the task: it compares runs of one task
-only). ``ode_steps_per_unit``: the RK4 steps used. Measured (median; t = 0.5,
+only). ``ode_steps_per_unit``: the evaluation's RK4 steps. Measured (median; t = 0.5,
 and 1 where given): OU D = 2 (the tests' tiny configuration) 0.025; the tilted
 2-D double well of tests/test_generic_potentials.py (width 32, batch 128)
 after 100 iterations, whose flow keeps its mass in the start well (left-well
@@ -245,16 +276,79 @@ on a loaded 2-core machine (load 1.8): D = 2 85 → 51 ms, D = 10 204 → 108 ms
 150 iterations on OU D = 2 / 4 leave samples within 1.4e-6 and log-densities
 within 5e-5 (float32) of the previous code.
 Against the authors' JAX code (tests/benchmarks/bench_authors_jax.py: same
-network, batch, times and loss, their Dopri5 at 1e-4 against our RK4 at 32
-steps per unit time; two worker processes on one core, stepped alternately,
-medians of each process's CPU time; 2026-12-04, load 0.9): 1.07× at D = 2
-(57.8 ms theirs, 54.3 ms ours), 1.56× at D = 10 (137.8 / 88.1 ms). Short of
-the issue's 2×: our fixed-step ODE takes ≈ 160 sequential network evaluations
-per iteration whatever the field (≈ 130 µs each at D = 2, mostly the two
-256 × 64 × 64 GEMMs and three LayerNorms: ≈ 40 % of the iteration), where
-their adaptive Dopri5 takes as many as the field needs (not counted here); a
-cheaper ODE would change the committed numbers, and the loss's tangent
-products (≈ 45 %) would need a hand-written backward like sbtm's.
+network, batch, times and loss; two worker processes on one core, stepped
+alternately, medians of each process's CPU time; 2026-12-04, load 0.9, the
+fixed-step RK4 training ODE then): 1.07× at D = 2 (57.8 ms theirs, 54.3 ms
+ours), 1.56× at D = 10 (137.8 / 88.1 ms). What was left: our RK4 took ≈ 160
+sequential network evaluations per iteration whatever the field (≈ 40 % of
+the iteration at D = 2), where their Dopri5 takes as many as the field needs;
+the loss's tangent products were ≈ 45 %.
+
+Round 2 (#36; measured by the benchmark, which now steps a third worker, the
+previous RK4 path, in the same rotation):
+
+- training ODE by adaptive Dopri5 (above), the authors' integrator and
+  tolerance, made the default. Near the initial weights of the benchmark
+  problem it takes 1–2 steps an iteration at D = 2 and ≈ 4.5 (and 0.4
+  rejected) at D = 10, i.e. 6–30 network evaluations instead of ≈ 160; the
+  first attempt carried over from the previous iteration took D = 2 from 3.2
+  to 1.1 steps and D = 10 from 5.5 to 4.5 (+ 0.4 rejected; 30 iterations each, one loaded core:
+  D = 2 26 → 21 ms an iteration, D = 10 unchanged at 64.5 ms: fewer steps,
+  more rejections). During training the steps follow the flow's stiffness:
+  accepted steps per iteration over 300 iterations on OU, 1.5 at D = 2 (task
+  seed 100), 3.2 at D = 4 (seed 101), 9.5 at D = 4 (seed 100, λ_max(A) =
+  32.5), 5.0 at D = 10 (seed 100), with 0.03–0.16 rejected.
+- the exact divergence's LayerNorm/SiLU/tangent update as one autograd node
+  with a hand-written backward (:class:`_NormActTangents`; equal to the
+  autograd path to 1e-15 relative in float64, tests/test_scvm.py). A first
+  version was *slower* than autograd (22.3 against 19.8 ms at D = 2, 67.7
+  against 55.5 at D = 10): ``einsum("pn,pnw->nw")`` became a batched GEMM per
+  point; written as products and sums it matched autograd, and with the
+  fused LayerNorm statistics and in-place activation derivatives it is
+  6.4 % faster at D = 2 (19.8 against 21.1 ms, loss forward and backward,
+  interleaved in one process, 40 repetitions) and 5.5 % at D = 10 (60.9
+  against 64.4 ms). The rest of the loss is GEMMs (≈ 25–35 %: compute-bound
+  tangent products, (D·N × 64) × (64 × 64) forward and backward) and
+  broadcast products over the (D, N, 64) tangents that autograd already
+  evaluates about as cheaply as a hand-written chain. Kept for the 5–6 %; the
+  autograd path stays (``velocity(..., fused=False)``, and Hutchinson probes).
+
+Measured 2026-12-05 with jax 0.10.2 / jaxlib 0.10.2, diffrax 0.7.2, flax
+0.12.8, optax 0.2.8 (their ``jax.experimental.host_callback`` import stubbed:
+it is gone from jax ≥ 0.4.35 and is a debugging print off this path), two
+runs back to back, machine load 3.1–3.2: authors 44.3 / 44.7 ms, ours 21.6 /
+21.8 ms, 2.05× / 2.05× at D = 2; authors 237.7 / 239.2 ms, ours 63.2 /
+64.6 ms, 3.76× / 3.70× at D = 10; the previous RK4 path in the same runs
+49.3 / 49.4 ms (authors / previous 0.90×) and 84.3 / 85.1 ms (2.82×). This jax
+runs their iteration faster at D = 2 and much slower at D = 10 than the one
+of 2026-12-04, so the same day with jax 0.4.30 / jaxlib 0.4.30, diffrax 0.6.0,
+flax 0.8.5, optax 0.2.2 (a second environment; the previous path then
+reproduces 2026-12-04's 1.07× / 1.56× to within 0.01–0.15), two runs, load
+3.9–4.5: authors 52.1 / 54.7 ms, ours 21.0 / 22.6 ms, 2.49× / 2.42× at D = 2;
+authors 127.6 / 188.4 ms, ours 60.0 / 85.6 ms, 2.13× / 2.20× at D = 10; the
+previous path 1.07× / 1.02× and 1.57× / 1.71×. With jax 0.10.2 the D = 2
+ratio sits at the target: a third run (load 4.1–4.2, with SBTM's in the same
+session) gave 1.93× (wall time 2.05×; 3.67× at D = 10), and 1.89× under load
+5.5–6.1 (another job of ours on the second core, before the in-place
+activation derivatives); with jax 0.4.30 the margin is smallest at D = 10.
+What is left is the loss (≈ 75–80 % of our iteration at D = 2, more at D = 10;
+a CPU-fused Adam would save 0.26 ms of ≈ 21, not taken: different rounding).
+
+Effect on accuracy (OU, 300 iterations, defaults otherwise, solver seed
+SeedSequence(7), SymKL at t = 0.5 / 0.9 (``metrics.symkl.symkl_mc``, 8192
+draws a side), RK4 training → Dopri5 training):
+
+    D = 2,  task seed 100   0.00052 / 0.00103  →  0.00052 / 0.00101
+    D = 4,  task seed 101   0.00200 / 0.00322  →  0.00200 / 0.00323
+    D = 4,  task seed 100   0.0373  / 0.0746   →  0.0430  / 0.0642
+    D = 10, task seed 100   0.0089  / 0.0102   →  0.0073  / 0.0107
+
+i.e. unchanged within the run-to-run spread of a 300-iteration fit (seed 100
+at D = 4 is the stiff instance, where neither is converged); training time
+(wall, loaded machine) 27 → 17 s, 76 → 40 s, 59 → 49 s, 43 → 29 s. The
+committed SCVM results were made with the RK4 training ODE: a rerun with the
+new default changes them at this level (``integrator = "rk4"`` reproduces the
+previous path).
 
 Seeds: ``setup`` splits its SeedSequence into the training stream (ρ0 draws,
 times, data minibatches), the initial weights (a CPU torch.Generator), the
@@ -299,6 +393,9 @@ RK4_STEP_LAMBDA = 2.5
 #: default 32; OU's stiffest instances need 73): above it setup refuses the task, naming
 #: the step count and its cost, unless ``ode_steps`` is set that high by hand
 MAX_RAISED_STEPS = 512
+#: training-ODE integrators: adaptive Dormand–Prince 5(4) (the authors', the default) or
+#: the fixed-step RK4 of the evaluation ODEs (the previous training path)
+INTEGRATORS = ("dopri5", "rk4")
 #: ρ0 draws and power iterations of the stiffness estimate
 STIFFNESS_POINTS, STIFFNESS_ITERS = 256, 30
 #: fresh draws of the self-consistency check at every output time (3 trajectories each)
@@ -446,7 +543,7 @@ def time_features(params: Params, t: torch.Tensor) -> TimeFeatures:
 
 
 def velocity(params: Params, x: torch.Tensor, feats: TimeFeatures,
-             probes: torch.Tensor | None = None, exact_div: bool = False
+             probes: torch.Tensor | None = None, exact_div: bool = False, fused: bool = True
              ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """v_θ(t, x) and optionally its divergence, for points ``x (T, B, D)`` at T times.
 
@@ -470,6 +567,10 @@ def velocity(params: Params, x: torch.Tensor, feats: TimeFeatures,
         Hutchinson probes: the divergence estimate is (1/P) Σ_p e_pᵀ J e_p.
     exact_div : bool
         Exact divergence tr J (tangents = the D unit vectors, diagonal only).
+    fused : bool
+        With ``exact_div``: the layers' normalisation, activation and tangent update
+        as :class:`_NormActTangents` nodes with a hand-written backward (default);
+        False: the same values by plain autograd operations (the reference path).
 
     Returns
     -------
@@ -479,6 +580,8 @@ def velocity(params: Params, x: torch.Tensor, feats: TimeFeatures,
     """
     if probes is None and not exact_div:
         return _velocity_only(params, x, feats), None
+    if probes is None and fused:
+        return _velocity_and_exact_divergence(params, x, feats)
     return _velocity_and_divergence(params, x, feats, probes)
 
 
@@ -583,6 +686,124 @@ def _velocity_and_divergence(params: Params, x: torch.Tensor, feats: TimeFeature
     return v, ((jac_rows + skip_rows) * rows).sum(-1).mean(0)
 
 
+class _NormActTangents(torch.autograd.Function):
+    """One LayerNorm → SiLU layer with its tangent rows, and a hand-written backward.
+
+    Forward, for a centred pre-activation ``u (N, W)`` (the mean removal folded
+    into the weights, :func:`_centred`) and tangent rows ``T (P, N, W)`` or
+    ``(P, 1, W)`` (shared by all points): s = (mean u² + ε)^(−1/2), n = u s,
+    y = γ ⊙ n + β, h = silu(y), c = s γ silu'(y), a_p = n·T_p / W,
+    pre_p = T_p − a_p n, and either the next rows pre_p ⊙ c (``head`` None) or,
+    for the last layer, the trunk's divergence Σ_w c ⊙ Σ_p head_p ⊙ pre_p with
+    ``head`` the output weights (P = D rows, the unit vectors).
+
+    Backward by the chain rule written out over the same tensors: every
+    gradient over the (P, N, W) rows is one or two passes (autograd's
+    elementwise graph takes about twice as many, each broadcast product's
+    backward a product and a reduction); the (N, W) primal terms are small.
+    Checked against autograd in float64 (tests/test_scvm.py).
+    """
+
+    @staticmethod
+    def forward(ctx, u, rows, gamma, beta, head):
+        width = u.shape[-1]
+        # the fused kernel's mean removal is a no-op on the centred u (rounding only)
+        normed, _, inv_std = torch.native_layer_norm(u, (width,), None, None, LN_EPS)
+        y = torch.addcmul(beta, normed, gamma)
+        sig = torch.sigmoid(y)
+        slope = torch.rsub(sig, 1.0).mul_(y).add_(1.0).mul_(sig)   # silu'(y)
+        scale = (inv_std * gamma).mul_(slope)
+        if rows.shape[1] == 1:                                   # shared rows: one GEMM
+            along = (normed @ rows[:, 0, :].T).T
+        else:
+            along = (rows * normed).sum(-1)
+        along = along / width
+        pre = torch.addcmul(rows, normed, along.unsqueeze(-1), value=-1.0)
+        ctx.save_for_backward(u, rows, gamma, head, inv_std, normed, y, sig, slope, scale,
+                              along, pre)
+        h = y * sig
+        if head is None:
+            return h, pre.mul(scale)
+        on_diag = (pre * head[:, None, :]).sum(0)               # (N, W)
+        ctx.on_diag = on_diag
+        return h, (on_diag * scale).sum(-1)
+
+    @staticmethod
+    def backward(ctx, grad_h, grad_out):
+        (u, rows, gamma, head, inv_std, normed, y, sig, slope, scale, along,
+         pre) = ctx.saved_tensors
+        width = u.shape[-1]
+        if head is None:
+            grad_pre = grad_out * scale
+            grad_scale = (grad_out * pre).sum(0)
+            grad_head = None
+        else:
+            grad_on_diag = grad_out.unsqueeze(-1) * scale        # (N, W)
+            grad_scale = grad_out.unsqueeze(-1) * ctx.on_diag
+            grad_pre = grad_on_diag * head[:, None, :]
+            grad_head = (pre * grad_on_diag).sum(1)
+        # pre = T − n a, a = n·T / W
+        grad_along = (grad_pre * normed).sum(-1)                 # −∂/∂a, (P, N)
+        grad_rows = torch.addcmul(grad_pre, normed, grad_along.unsqueeze(-1),
+                                  value=-1.0 / width)
+        # ∂/∂n of −Σ_p a_p (pre_p·G_p) with a_p = n·T_p / W: two products summed over p
+        # (written as products and a sum: einsum made this a batched GEMM per point)
+        terms = grad_pre * along.unsqueeze(-1)
+        if rows.shape[1] == 1:
+            grad_normed = torch.addmm(terms.sum(0), grad_along.T, rows[:, 0, :],
+                                      alpha=1.0 / width).neg_()
+            grad_rows = grad_rows.sum(1, keepdim=True)
+        else:
+            grad_normed = terms.addcmul_(rows, grad_along.unsqueeze(-1),
+                                         value=1.0 / width).sum(0).neg_()
+        # primal: h = silu(y), scale = s γ silu'(y), y = γ n + β, n = u s
+        curvature = torch.mul(sig, -2.0).add_(1.0).mul_(y).add_(2.0).mul_(sig).mul_(
+            torch.rsub(sig, 1.0))                                    # silu''(y)
+        grad_y = torch.addcmul(grad_h * slope, grad_scale * (inv_std * gamma), curvature)
+        scale_term = (grad_scale * slope).mul_(inv_std)          # ∂/∂γ of scale's term
+        grad_gamma = (grad_y * normed).add_(scale_term).sum(0)
+        grad_beta = grad_y.sum(0)
+        grad_normed.addcmul_(grad_y, gamma)
+        # ∂/∂s: scale_term·γ/s summed over units, plus n = u s
+        grad_inv = (torch.addcmul(grad_normed * u, scale_term, gamma / inv_std)
+                    ).sum(-1, keepdim=True)
+        grad_u = torch.addcmul(grad_normed * inv_std, u, grad_inv * inv_std.pow(3),
+                               value=-1.0 / width)
+        return grad_u, grad_rows, grad_gamma, grad_beta, grad_head
+
+
+def _velocity_and_exact_divergence(params: Params, x: torch.Tensor, feats: TimeFeatures
+                                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """v_θ and its exact divergence through :class:`_NormActTangents` (the default path).
+
+    The same quantities as :func:`_velocity_and_divergence` without probes (equal
+    to rounding), the points flattened to (N = T·B, ·) and each layer's
+    normalisation, activation and tangent update one autograd node with a
+    hand-written backward; the Dense layers stay ordinary autograd GEMMs.
+    """
+    dim = x.shape[-1]
+    w0, _ = _centred(params["h0.w"][:, :dim])
+    h_bias = feats.shift - feats.shift.mean(-1, keepdim=True)
+    u = torch.baddbmm(h_bias[:, None, :], x, w0.T.expand(x.shape[0], dim, w0.shape[0]))
+    lead = u.shape[:-1]
+    u = u.reshape(-1, u.shape[-1])
+    rows = w0.T[:, None, :]                                    # (D, 1, width), shared
+    div = None
+    for k in range(DEPTH):
+        if k > 0:
+            weight, bias = _centred(params[f"h{k}.w"], params[f"h{k}.b"])
+            u = torch.nn.functional.linear(h, weight, bias)
+            rows = rows @ weight.T
+        head = params["out.w"] if k + 1 == DEPTH else None
+        h, out = _NormActTangents.apply(u, rows, params[f"ln{k}.g"], params[f"ln{k}.b"], head)
+        if head is None:
+            rows = out
+        else:
+            div = out.reshape(lead)
+    v = _skip_and_head(params, h.reshape(*lead, -1), x, feats)
+    return v, div + feats.skip.diagonal(dim1=-2, dim2=-1).sum(-1)[:, None]
+
+
 # ------------------------------------------------------------------------ integration
 def rk4_path(params: Params, x: torch.Tensor, t_from: float, t_to: float, n_steps: int,
              logp: torch.Tensor | None = None
@@ -643,6 +864,173 @@ def trajectory_at(params: Params, x0: torch.Tensor, times: torch.Tensor,
     return torch.stack(out)
 
 
+# ------------------------------------------------------------- adaptive Dormand–Prince
+#: Dormand–Prince 5(4): stage nodes c_2..c_7 and the rows of the lower-triangular matrix
+DP_NODES = (1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0, 1.0)
+DP_MATRIX = (
+    (1 / 5,),
+    (3 / 40, 9 / 40),
+    (44 / 45, -56 / 15, 32 / 9),
+    (19372 / 6561, -25360 / 2187, 64448 / 6561, -212 / 729),
+    (9017 / 3168, -355 / 33, 46732 / 5247, 49 / 176, -5103 / 18656),
+    (35 / 384, 0.0, 500 / 1113, 125 / 192, -2187 / 6784, 11 / 84),
+)
+#: the fifth-order weights minus the embedded fourth-order ones (k_1..k_7): the local
+#: error estimate (the last row of DP_MATRIX is the fifth-order solution, FSAL)
+DP_ERROR = (71 / 57600, 0.0, -71 / 16695, 71 / 1920, -17253 / 339200, 22 / 525, -1 / 40)
+#: the fourth-order continuous extension (Hairer, Nørsett & Wanner, II.6; ``contd5``)
+DP_DENSE = (-12715105075 / 11282082432, 0.0, 87487479700 / 32700410799,
+            -10690763975 / 1880347072, 701980252875 / 199316789632,
+            -1453857185 / 822651844, 69997945 / 29380423)
+#: step-size control of diffrax's PIDController as the authors call it (plain integral
+#: control): h ← h·clip(0.9·err^(−1/5), 1, 10) after an accepted step, clip(…, 0.2, 0.9)
+#: after a rejected one, err the RMS over a point's coordinates of the error scaled by
+#: atol + rtol·max(|y0|, |y1|); the authors' first step 0.01
+DP_SAFETY, DP_GROW, DP_SHRINK, DP_FIRST_STEP = 0.9, 10.0, 0.2, 0.01
+#: step attempts per ODE solve before it is declared failed (diffrax's max_steps)
+DP_MAX_STEPS = 4096
+
+#: a field for :func:`dopri5_path`: given the stage times of a step (S,), a function of
+#: (stage index, state (B, D)) returning the velocity; one call per step attempt, so
+#: that the time-only work of the network is done once for all stages of a step
+StageField = Callable[[torch.Tensor], Callable[[int, torch.Tensor], torch.Tensor]]
+
+
+@dataclass
+class OdeStats:
+    """Work of adaptive solves: accepted and rejected steps (six evaluations each), and
+    the step the controller proposed after the first accepted step of the last solve
+    (the next solve's first attempt, see :meth:`Scvm.train_iteration`)."""
+
+    accepted: int = 0
+    rejected: int = 0
+    first_step: float | None = None
+
+
+def _combine(y: torch.Tensor, h: float, coefs: tuple[float, ...], ks: list[torch.Tensor]
+             ) -> torch.Tensor:
+    """y + h Σ_i c_i k_i over the non-zero coefficients (in place on a fresh tensor)."""
+    out = y.clone()
+    for c, k in zip(coefs, ks):
+        if c != 0.0:
+            out.add_(k, alpha=h * c)
+    return out
+
+
+def dopri5_path(field: StageField, x0: torch.Tensor, times: torch.Tensor,
+                rtol: float = 1e-4, atol: float = 1e-4, first_step: float = DP_FIRST_STEP,
+                max_steps: int = DP_MAX_STEPS, stats: OdeStats | None = None
+                ) -> torch.Tensor:
+    """Positions at increasing ``times (K,)`` ≥ 0 of dx/dt = f(t, x) from ``x0 (B, D)`` at 0.
+
+    Dormand–Prince 5(4) with the first-same-as-last stage (six evaluations per
+    step), local extrapolation (the fifth-order solution is carried) and
+    standard step-size control (``DP_SAFETY`` etc.): a step is accepted when
+    the largest over the points of the RMS scaled error is below one, so every
+    trajectory meets the tolerance as in the authors' per-trajectory (vmapped)
+    solve, while the whole batch shares a step and each stage is one batched
+    network evaluation. Output times inside a step are read off the
+    fourth-order continuous extension (no step is shortened to hit them, as
+    diffrax's ``SaveAt(ts=...)``). No gradient.
+
+    Parameters
+    ----------
+    field : StageField
+        The velocity (see :data:`StageField`).
+    x0 : Tensor (B, D)
+        Starting points at t = 0.
+    times : Tensor (K,)
+        Non-decreasing output times, ≥ 0.
+    rtol, atol : float
+        Tolerances (the authors': 1e-4 both).
+    first_step : float
+        Length of the first attempted step.
+    max_steps : int
+        Step attempts allowed; more raise :class:`FloatingPointError`.
+    stats : OdeStats, optional
+        Accepted and rejected steps are added to it.
+
+    Returns
+    -------
+    Tensor (K, B, D)
+    """
+    out_times = [float(t) for t in times.tolist()]
+    out: list[torch.Tensor] = []
+    nodes = torch.tensor(DP_NODES, dtype=torch.float64)
+    t, y, h = 0.0, x0, float(first_step)
+    end = out_times[-1] if out_times else 0.0
+    stats = OdeStats() if stats is None else stats
+    with torch.no_grad():
+        while out_times and out_times[0] <= t:           # outputs at the start
+            out.append(x0.clone())
+            out_times.pop(0)
+        k1 = None
+        attempts, accepted_before = 0, stats.accepted
+        while out_times:
+            attempts += 1
+            if attempts > max_steps:
+                raise FloatingPointError(
+                    f"dopri5: {max_steps} step attempts did not reach t = {end:g} (at "
+                    f"t = {t:.4g}, step {h:.3g}): the flow is too stiff or blows up")
+            h = min(h, end - t)
+            stage_times = torch.cat([torch.tensor([t], dtype=torch.float64),
+                                     t + h * nodes[:5]]).to(dtype=x0.dtype, device=x0.device)
+            f = field(stage_times)
+            if k1 is None:
+                k1 = f(0, y)
+            ks = [k1]
+            for i, row in enumerate(DP_MATRIX[:5]):
+                ks.append(f(i + 1, _combine(y, h, row, ks)))
+            y_new = _combine(y, h, DP_MATRIX[5], ks)
+            ks.append(f(5, y_new))                          # k7 at t + h: FSAL
+            err = _combine(torch.zeros_like(y), h, DP_ERROR, ks)
+            scale = torch.maximum(y.abs(), y_new.abs()).mul_(rtol).add_(atol)
+            ratio = float(err.div_(scale).pow_(2).mean(-1).max().sqrt())
+            if not math.isfinite(ratio):
+                stats.rejected += 1
+                h *= DP_SHRINK
+                continue
+            factor = DP_SAFETY * max(ratio, 1e-10) ** -0.2
+            if ratio >= 1.0:
+                stats.rejected += 1
+                h *= min(max(factor, DP_SHRINK), DP_SAFETY)
+                continue
+            stats.accepted += 1
+            t_next = end if h == end - t else t + h
+            while out_times and out_times[0] <= t_next:
+                out.append(_dense_output(y, y_new, ks, h, (out_times.pop(0) - t) / h))
+            t, y, k1 = t_next, y_new, ks[-1]
+            h *= min(max(factor, 1.0), DP_GROW)
+            if stats.accepted == accepted_before + 1:
+                stats.first_step = h
+    return torch.stack(out)
+
+
+def _dense_output(y0: torch.Tensor, y1: torch.Tensor, ks: list[torch.Tensor], h: float,
+                  theta: float) -> torch.Tensor:
+    """Dormand–Prince's continuous extension at y(t + θh), θ ∈ [0, 1] (fourth order).
+
+    y(θ) = y0 + θ(Δ + (1 − θ)(a + θ(b + (1 − θ)c))) with Δ = y1 − y0,
+    a = h k1 − Δ, b = Δ − h k7 − a, c = h Σ d_i k_i (:data:`DP_DENSE`):
+    matches y0, y1, k1 and k7 at the ends.
+    """
+    if theta >= 1.0:
+        return y1.clone()
+    delta = y1 - y0
+    a = h * ks[0] - delta
+    b = delta - h * ks[6] - a
+    c = _combine(torch.zeros_like(y0), h, DP_DENSE, ks)
+    return y0 + theta * (delta + (1 - theta) * (a + theta * (b + (1 - theta) * c)))
+
+
+def network_field(params: Params) -> StageField:
+    """The velocity network as a :data:`StageField` (time features once per step)."""
+    def prepare(stage_times: torch.Tensor) -> Callable[[int, torch.Tensor], torch.Tensor]:
+        feats = time_features(params, stage_times)
+        return lambda i, y: _velocity_only(params, y[None], feats.at(i))[0]
+    return prepare
+
+
 # ------------------------------------------------------------------------------ loss
 def ibp_loss(params: Params, x: torch.Tensor, times: torch.Tensor, drift: torch.Tensor,
              beta: float, probes: torch.Tensor | None = None) -> torch.Tensor:
@@ -679,6 +1067,7 @@ class Scvm(Solver):
         "iters": [1000], "batch_size": [256], "n_times": [10], "width": [64], "rank": [20],
         "lr": [3e-3], "lr_final": [1e-3], "ode_steps": [32], "dtype": ["float32"],
         "hutchinson": [0], "data_batch_size": [512], "n_samples": [4096],
+        "integrator": ["dopri5"], "ode_tol": [1e-4],
     }
     capabilities = frozenset({SAMPLES, LOG_DENSITY, GPU})
     labels = {"iters": "it", "width": "w", "batch_size": "batch", "n_times": "K",
@@ -701,6 +1090,14 @@ class Scvm(Solver):
                     or value < low:
                 raise ValueError(f"solver 'scvm': {key} must be an integer >= {low}, "
                                  f"got {value!r}")
+        if params["integrator"] not in INTEGRATORS:
+            raise ValueError(f"solver 'scvm': integrator must be one of {INTEGRATORS}, "
+                             f"got {params['integrator']!r}")
+        tol = params["ode_tol"]
+        if isinstance(tol, bool) or not isinstance(tol, (int, float)) \
+                or not 0 < tol < 1:
+            raise ValueError(f"solver 'scvm': ode_tol must be a number in (0, 1), "
+                             f"got {tol!r}")
         if params["dtype"] not in DTYPES:
             raise ValueError(f"solver 'scvm': dtype must be one of {sorted(DTYPES)}, "
                              f"got {params['dtype']!r}")
@@ -741,6 +1138,7 @@ class Scvm(Solver):
         self.stiffness = (float("nan") if _has_data_minibatches(task)
                           else drift_stiffness(task, np.random.default_rng(stiff_seed)))
         self.steps_per_unit = int(p["ode_steps"])
+        self.ode_stats = OdeStats()
         if math.isfinite(self.stiffness):
             needed = math.ceil(self.stiffness / RK4_STEP_LAMBDA)
             if needed > max(self.steps_per_unit, MAX_RAISED_STEPS):
@@ -785,7 +1183,16 @@ class Scvm(Solver):
         strata = (np.arange(n_times) + self.rng.random(n_times)) * self.horizon / n_times
         times = self._tensor(np.concatenate([[0.0], strata]))
         x0 = self._tensor(self.task.sample_initial(batch, self.rng))
-        x = trajectory_at(params, x0, times[1:], float(self.steps_per_unit))
+        if p["integrator"] == "dopri5":
+            tol = float(p["ode_tol"])
+            # the first attempt: the step proposed after the previous iteration's first
+            # accepted one (the field changes little between Adam steps), the authors'
+            # 0.01 at the first iteration
+            first = self.ode_stats.first_step or DP_FIRST_STEP
+            x = dopri5_path(network_field(params), x0, times[1:], rtol=tol, atol=tol,
+                            first_step=first, stats=self.ode_stats)
+        else:
+            x = trajectory_at(params, x0, times[1:], float(self.steps_per_unit))
         x = torch.cat([x0[None], x])
         with torch.no_grad():
             drift = drift_fn(x.reshape(-1, dim)).reshape(x.shape)
@@ -815,9 +1222,9 @@ class Scvm(Solver):
             if not math.isfinite(losses[i]):
                 raise FloatingPointError(
                     f"scvm: loss is {losses[i]} at iteration {i}; a flow that blows up "
-                    f"usually means RK4 steps too long for the task's stiffness (raise "
-                    f"ode_steps, now {self.steps_per_unit} per unit time) or too large a "
-                    f"rate (lr)")
+                    f"usually means too large a rate (lr) or, with integrator='rk4', RK4 "
+                    f"steps too long for the task's stiffness (raise ode_steps, now "
+                    f"{self.steps_per_unit} per unit time)")
             if i % 10 == 0 or i == iters - 1:
                 self.progress(i + 1, iters, f"SCVM iteration {i + 1}/{iters} "
                                             f"loss {losses[i]:.4g}")
@@ -826,10 +1233,20 @@ class Scvm(Solver):
         info = {"iters": iters, "train_seconds": time.perf_counter() - start,
                 "final_loss": float(tail.mean()),
                 "loss_curve": losses[:: max(1, iters // 100)].tolist(),
-                "ode": f"rk4, {self.steps_per_unit} steps per unit time",
+                "ode": self._ode_description(iters),
                 "stiffness": self.stiffness,
                 "divergence": "exact" if n_probes == 0 else f"hutchinson({n_probes})"}
         return {t: self._result(t, info) for t in self.times}
+
+    def _ode_description(self, iters: int) -> str:
+        """The training and evaluation ODEs, with the adaptive solver's mean work."""
+        evaluation = f"rk4, {self.steps_per_unit} steps per unit time"
+        if self.params["integrator"] == "rk4":
+            return evaluation
+        stats = self.ode_stats
+        return (f"training dopri5 (rtol = atol = {float(self.params['ode_tol']):g}; "
+                f"{stats.accepted / iters:.1f} accepted and {stats.rejected / iters:.1f} "
+                f"rejected steps per iteration); evaluation {evaluation}")
 
     # results -------------------------------------------------------------------------
     def velocity_at(self, t: float, x: np.ndarray) -> np.ndarray:

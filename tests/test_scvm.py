@@ -7,9 +7,9 @@ import torch
 from scipy.stats import norm
 
 from solvers.base import RunContext
-from solvers.scvm import (DATA_TASK_MIN_ODE_STEPS, RK4_STEP_LAMBDA, Scvm, drift_stiffness,
-                          ibp_loss, init_velocity_net,
-                          rk4_path, time_features, velocity)
+from solvers.scvm import (DATA_TASK_MIN_ODE_STEPS, RK4_STEP_LAMBDA, OdeStats, Scvm,
+                          dopri5_path, drift_stiffness, ibp_loss, init_velocity_net,
+                          network_field, rk4_path, time_features, trajectory_at, velocity)
 from tasks.bayesian_logreg import BayesianLogReg
 from tasks.filtering_1d import Filtering1D
 from tasks.ou import OrnsteinUhlenbeck
@@ -135,9 +135,11 @@ def test_rk4_backward_integration_inverts_the_forward_one():
     assert abs(float(logdet + logp[0])) < 1e-4
 
 
-@pytest.mark.parametrize("dim", [1, 2])
-def test_learned_velocity_is_close_to_the_exact_ou_velocity(dim):
-    task, solver, _ = _trained(dim)
+@pytest.mark.parametrize("dim,integrator", [(1, "dopri5"), (2, "dopri5"), (2, "rk4")])
+def test_learned_velocity_is_close_to_the_exact_ou_velocity(dim, integrator):
+    """Both training ODEs (adaptive Dopri5, the default, and the previous fixed-step RK4)."""
+    task, solver, _ = _trained(dim, **({} if integrator == "dopri5" else
+                                        {"integrator": integrator}))
     a, b = task.quadratic_potential()
     for t in (0.1, 0.25, 0.5):
         mean, cov = task.marginal(t)
@@ -201,7 +203,8 @@ def test_hutchinson_and_float64_paths_run():
                                  {"width": 1}, {"lr": -1.0}, {"lr": float("nan")},
                                  {"lr_final": 2.0}, {"ode_steps": 0}, {"dtype": "float16"},
                                  {"hutchinson": -1}, {"n_samples": True},
-                                 {"data_batch_size": -5}])
+                                 {"data_batch_size": -5}, {"integrator": "euler"},
+                                 {"ode_tol": 0.0}, {"ode_tol": 1.5}, {"ode_tol": True}])
 def test_bad_parameters_raise_value_error(bad):
     with pytest.raises(ValueError):
         Scvm(**bad)
@@ -258,7 +261,7 @@ def _flow_mean_error(task, solver):
 
 def test_a_stiff_drift_gets_short_enough_rk4_steps_and_trains(monkeypatch):
     task = _stiff_ou(150.0)
-    config = {**TINY, "iters": 40, "n_samples": 200, "lr": 3e-3}
+    config = {**TINY, "iters": 40, "n_samples": 200, "lr": 3e-3, "integrator": "rk4"}
     solver = Scvm(**config)
     solver.setup(task, [0.5], np.random.SeedSequence(3), RunContext())
     assert solver.stiffness == pytest.approx(150.0, rel=1e-4)
@@ -366,3 +369,99 @@ def test_velocity_divergence_and_loss_gradients_equal_the_previous_path_in_float
             grads.append(torch.autograd.grad(loss, list(params.values())))
         for key, a, b in zip(params, *grads):
             torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12, msg=key)
+
+
+# ------------------------------------------------------------- the adaptive training ODE
+def _linear_field(a):
+    """x' = A x as a stage field (the stage times unused)."""
+    return lambda stage_times: (lambda i, y: y @ a.T)
+
+
+def _expm_flow(a, x0, times):
+    return torch.stack([x0 @ torch.linalg.matrix_exp(a * float(t)).T for t in times])
+
+
+def test_dopri5_meets_its_tolerance_on_a_linear_ode():
+    """x' = A x (a damped rotation) against exp(tA) x0, at output times inside steps."""
+    a = torch.tensor([[-0.5, 3.0], [-3.0, -0.5]], dtype=torch.float64)
+    x0 = torch.randn(20, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    times = torch.tensor([0.05, 0.3, 0.31, 0.9, 1.7, 2.0], dtype=torch.float64)
+    exact = _expm_flow(a, x0, times)
+    steps = []
+    for tol in (1e-4, 1e-6, 1e-8):
+        stats = OdeStats()
+        out = dopri5_path(_linear_field(a), x0, times, rtol=tol, atol=tol, stats=stats)
+        err = float((out - exact).abs().max())
+        # global error of the order of the local tolerance (measured 1.7-1.8 × tol)
+        assert err < 10 * tol, (tol, err)
+        steps.append(stats.accepted)
+    # the work follows the tolerance, about tol^(-1/5) (measured 11, 25, 60 steps)
+    assert steps[0] < steps[1] < steps[2] and steps[0] <= 15
+
+
+def test_dopri5_continuous_extension_is_fourth_order():
+    """One step of length h read at 0.37 h: the local error falls ~ h^5 (×32 per halving)."""
+    a = torch.tensor([[0.0, 1.0], [-4.0, 0.0]], dtype=torch.float64)
+    x0 = torch.tensor([[1.0, 0.5]], dtype=torch.float64)
+    errors = []
+    for h in (0.4, 0.2, 0.1):
+        stats = OdeStats()
+        times = torch.tensor([0.37 * h, h], dtype=torch.float64)
+        out = dopri5_path(_linear_field(a), x0, times, rtol=1e6, atol=1e6, first_step=h,
+                          stats=stats)
+        assert stats.accepted == 1
+        errors.append(float((out - _expm_flow(a, x0, times)).abs().max()))
+    # measured ratios 23 and 29
+    assert errors[0] / errors[1] > 16 and errors[1] / errors[2] > 16
+
+
+def test_dopri5_controls_a_stiff_step_and_stops_a_blow_up():
+    """λ = −300: explicit steps must stay below ≈ 3.3/300; the controller finds them."""
+    a = torch.tensor([[-300.0, 0.0], [0.0, -1.0]], dtype=torch.float64)
+    x0 = torch.ones(3, 2, dtype=torch.float64)
+    times = torch.tensor([0.5, 1.0], dtype=torch.float64)
+    stats = OdeStats()
+    out = dopri5_path(_linear_field(a), x0, times, stats=stats)
+    assert float((out - _expm_flow(a, x0, times)).abs().max()) < 1e-3
+    # stability needs > 300 / 3.3 ≈ 91 steps over t ∈ [0, 1] (measured 97 and 23 rejected)
+    assert stats.accepted > 85 and stats.rejected > 0
+    # a flow that blows up in finite time (x' = x², x0 = 1: at t = 1) is refused
+    with pytest.raises(FloatingPointError, match="step attempts"):
+        dopri5_path(lambda ts: (lambda i, y: y * y), x0, times + 0.5, max_steps=200)
+
+
+def test_dopri5_on_the_network_agrees_with_fine_rk4():
+    """The stage field (time features once per step) against RK4 at 400 steps per unit."""
+    params = _random_net(3, seed=8)
+    x0 = torch.randn(40, 3, generator=torch.Generator().manual_seed(9), dtype=torch.float64)
+    times = torch.tensor([0.13, 0.4, 0.41, 1.0], dtype=torch.float64)
+    fine = trajectory_at(params, x0, times, 400.0)
+    stats = OdeStats()
+    out = dopri5_path(network_field(params), x0, times, rtol=1e-6, atol=1e-6, stats=stats)
+    assert float((out - fine).abs().max()) < 1e-5
+    assert stats.first_step is not None and stats.first_step > 0
+
+
+@pytest.mark.parametrize("dim", [1, 2, 5])
+def test_hand_written_backward_equals_autograd_in_float64(dim):
+    """The default exact-divergence path (custom backward) against the autograd one."""
+    params = _random_net(dim, seed=dim)
+    times = torch.tensor([0.0, 0.2, 0.9], dtype=torch.float64)
+    gen = torch.Generator().manual_seed(4)
+    x = torch.randn(3, 9, dim, generator=gen, dtype=torch.float64)
+    drift = torch.randn(3, 9, dim, generator=gen, dtype=torch.float64)
+    outputs = []
+    for fused in (True, False):
+        feats = time_features(params, times)
+        v, div = velocity(params, x, feats, exact_div=True, fused=fused)
+        loss = ((v * v).sum(-1) - 2.0 * ((v * drift).sum(-1) + div / 0.7)).mean()
+        outputs.append([v, div, *torch.autograd.grad(loss, list(params.values()))])
+    for key, a, b in zip(["v", "div", *params], *outputs):
+        torch.testing.assert_close(a, b, rtol=1e-11, atol=1e-12, msg=key)
+
+
+def test_training_reports_the_adaptive_ode_work():
+    _, solver, results = _trained(2)
+    info = next(iter(results.values())).info
+    assert info["ode"].startswith("training dopri5") and "rk4" in info["ode"]
+    assert solver.ode_stats.accepted >= TINY["iters"]

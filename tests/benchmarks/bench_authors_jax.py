@@ -32,13 +32,27 @@ with the allocator settings of a gfbench run process
 - SCVM, one training iteration on OU (task seed 100, T = 1; β = 1): batch 256,
   10 stratified times plus t = 0, the VNN of width 64 with a rank-20 skip, the
   IBP loss with the exact divergence, one Adam step. Ours: ``Scvm.train_iteration``
-  (fixed-step RK4, 32 steps per unit time). Theirs: ``SCVMS.train_step`` with
+  at the solver's defaults (adaptive Dopri5 training ODE at rtol = atol = 1e-4, exact
+  divergence with the hand-written backward); a third worker in the same rotation runs
+  the previous path (``integrator="rk4"``: fixed-step RK4, 32 steps per unit time), the
+  baseline measured in the same run. Theirs: ``SCVMS.train_step`` with
   ``use_ibp=True`` (Dopri5 at rtol = atol = 1e-4 through diffrax, reverse-mode
   divergence), the same problem as a ``KLDivergence`` towards exp(−Φ).
 
 The assertions are the issue's targets (#36: SBTM ≥ 1.5×, SCVM ≥ 2×). Measured
-2026-12-04 on the 2-core machine (load 0.8–0.9): SBTM 2.41× (D = 2) and 2.01×
-(D = 10) pass; SCVM 1.07× and 1.56× fail (solvers/scvm.py, "Speed", says why).
+2026-12-04 on the 2-core machine (load 0.8–0.9, jax ≤ 0.4.34): SBTM 2.41× (D = 2)
+and 2.01× (D = 10) pass; SCVM 1.07× and 1.56× failed (RK4 training ODE).
+2026-12-05 (jax 0.10.2, diffrax 0.7.2; load 3.1–3.2, two runs): SCVM 2.05× / 2.05×
+at D = 2 and 3.76× / 3.70× at D = 10 pass, the previous RK4 path 0.90× and 2.82× in
+the same runs (solvers/scvm.py, "Speed"; the newer jax alone moved the authors'
+iteration from 57.8 to 44 ms at D = 2 and from 137.8 to 238 ms at D = 10). Under load
+5.5–6.8 the same day: SCVM 1.89× at D = 2 (3.69× at D = 10), SBTM 1.44× / 1.63×; a
+third run, load 4.1–4.2: SCVM 1.93× (fails; wall 2.05×) and 3.67×, SBTM 1.54× / 1.51×.
+With jax 0.4.30 (diffrax 0.6.0, flax 0.8.5, optax 0.2.2), where the previous SCVM path
+reproduces 2026-12-04's ratios (1.07× / 1.57×), load 3.9–4.5, two runs: SCVM 2.49× /
+2.42× at D = 2, 2.13× / 2.20× at D = 10; SBTM 2.49× / 1.79×.
+jax ≥ 0.4.35 has no ``jax.experimental.host_callback``, which SCVM's ``jko.py`` imports
+at module level: :func:`_authors_modules` stubs it (a debugging print, not called here).
 
 Ratios (theirs / ours, > 1: ours faster) of each worker's CPU time per step
 (the issue's measure; steadier than wall time on a shared machine, and XLA's
@@ -47,6 +61,7 @@ and are printed.
 """
 from __future__ import annotations
 
+import importlib.metadata
 import importlib.util
 import json
 import os
@@ -123,47 +138,69 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def interleaved_medians(first: Worker, second: Worker, reps: int, warm: int, block: int = 1
-                        ) -> dict[str, tuple[float, float]]:
-    """Medians of ``first`` and ``second`` stepped alternately, ``block`` steps a turn.
+def interleaved_medians(workers: list[Worker], reps: int, warm: int, block: int = 1
+                        ) -> dict[str, tuple[float, ...]]:
+    """Medians of ``workers`` stepped in turn (A, B, C, A, B, C, ...), ``block`` steps a turn.
 
-    Returns ``{"cpu": (first, second), "wall": (first, second)}``, seconds per step.
+    Returns ``{"cpu": (one per worker), "wall": (one per worker)}``, seconds per step.
     """
     for _ in range(warm):
-        first.call(block), second.call(block)
-    samples: tuple[list, list] = ([], [])
+        for worker in workers:
+            worker.call(block)
+    samples: list[list] = [[] for _ in workers]
     for _ in range(reps):
-        samples[0].append(first.call(block))
-        samples[1].append(second.call(block))
+        for worker, side in zip(workers, samples):
+            side.append(worker.call(block))
     return {key: tuple(statistics.median(s[i] for s in side) for side in samples)
             for i, key in enumerate(("cpu", "wall"))}
 
 
-def _report(benchmark, what: str, medians: dict[str, tuple[float, float]]) -> float:
-    """Record and print the medians; returns the CPU-time ratio authors / ours."""
-    (ours, theirs), (ours_wall, theirs_wall) = medians["cpu"], medians["wall"]
+def _report(benchmark, what: str, medians: dict[str, tuple[float, ...]]) -> float:
+    """Record and print the medians; returns the CPU-time ratio authors / ours.
+
+    With a third worker (SCVM: the previous fixed-step RK4 path) its time and the
+    authors' ratio to it are recorded and printed too.
+    """
+    (ours, theirs, *previous), (ours_wall, theirs_wall, *previous_wall) = (
+        medians["cpu"], medians["wall"])
     ratio, ratio_wall = theirs / ours, theirs_wall / ours_wall
     load = os.getloadavg()[0]
+    # the authors' speed depends on the jax version (solvers/scvm.py, "Speed")
+    jax_version = importlib.metadata.version("jax")
     benchmark.extra_info.update({
+        "jax": jax_version,
         "what": what, "ours_cpu_ms": ours * 1e3, "authors_cpu_ms": theirs * 1e3,
         "ratio_authors_over_ours": ratio, "ours_wall_ms": ours_wall * 1e3,
         "authors_wall_ms": theirs_wall * 1e3, "ratio_wall": ratio_wall, "load_average": load})
-    print(f"\n{what}: CPU time authors {theirs * 1e3:.2f} ms, ours {ours * 1e3:.2f} ms, "
-          f"ratio {ratio:.2f}x; wall {theirs_wall * 1e3:.2f} / {ours_wall * 1e3:.2f} ms, "
-          f"ratio {ratio_wall:.2f}x (load {load:.2f})")
+    line = (f"\n{what}: CPU time authors {theirs * 1e3:.2f} ms, ours {ours * 1e3:.2f} ms, "
+            f"ratio {ratio:.2f}x; wall {theirs_wall * 1e3:.2f} / {ours_wall * 1e3:.2f} ms, "
+            f"ratio {ratio_wall:.2f}x")
+    if previous:
+        benchmark.extra_info.update({
+            "previous_cpu_ms": previous[0] * 1e3,
+            "ratio_authors_over_previous": theirs / previous[0],
+            "ratio_wall_authors_over_previous": theirs_wall / previous_wall[0]})
+        line += (f"; previous path {previous[0] * 1e3:.2f} ms, ratio "
+                 f"{theirs / previous[0]:.2f}x")
+    print(f"{line} (load {load:.2f}, jax {jax_version})")
     return ratio
 
 
 def _compare(benchmark, kind: str, dim: int, sizes: dict) -> float:
-    """Start both workers on one core, time them interleaved, report the ratio."""
+    """Start the workers on one core, time them interleaved, report the ratio.
+
+    SCVM adds a third worker, the previous path (fixed-step RK4 training ODE), as the
+    baseline measured in the same run.
+    """
     core = min(os.sched_getaffinity(0))
-    ours, theirs = Worker("ours", kind, dim, core), Worker("authors", kind, dim, core)
+    sides = ("ours", "authors") + (("previous",) if kind == "scvm" else ())
+    workers = [Worker(side, kind, dim, core) for side in sides]
     try:
-        medians = interleaved_medians(ours, theirs, sizes["reps"], sizes["warm"],
-                                      sizes["block"])
-        benchmark.pedantic(ours.call, rounds=5, warmup_rounds=1)
+        medians = interleaved_medians(workers, sizes["reps"], sizes["warm"], sizes["block"])
+        benchmark.pedantic(workers[0].call, rounds=5, warmup_rounds=1)
     finally:
-        ours.close(), theirs.close()
+        for worker in workers:
+            worker.close()
     what = {"sbtm": "SBTM optimiser step", "scvm": "SCVM training iteration"}[kind]
     return _report(benchmark, f"{what} D={dim}", medians)
 
@@ -190,6 +227,15 @@ def _authors_modules(repo: str, *names: str) -> list[types.ModuleType]:
     if importlib.util.find_spec("wandb") is None:
         # SCVM imports wandb at module level and never calls it on this path
         sys.modules["wandb"] = types.ModuleType("wandb")
+    if importlib.util.find_spec("jax") is not None:
+        try:
+            import jax.experimental.host_callback  # noqa: F401  (removed in jax 0.4.35+)
+        except ImportError:
+            # SCVM's jko.py imports id_print at module level (a debugging print, never
+            # called on the benchmarked path)
+            stub = types.ModuleType("jax.experimental.host_callback")
+            stub.id_print = lambda value, **_: value
+            sys.modules["jax.experimental.host_callback"] = stub
     return [__import__(name, fromlist=["_"]) for name in names]
 
 
@@ -253,17 +299,22 @@ def _ou_task(dim: int):
     return OrnsteinUhlenbeck(np.random.SeedSequence(TASK_SEED), dim=dim)
 
 
-def scvm_ours(dim: int) -> Callable[[], object]:
-    """One ``Scvm.train_iteration`` at the benchmark sizes."""
+def scvm_ours(dim: int, **params) -> Callable[[], object]:
+    """One ``Scvm.train_iteration`` at the benchmark sizes (the solver's defaults)."""
     from solvers.base import RunContext
     from solvers.scvm import Scvm
 
     solver = Scvm(batch_size=SCVM_SIZES["batch"], n_times=SCVM_SIZES["n_times"],
-                  width=SCVM_SIZES["width"])
+                  width=SCVM_SIZES["width"], **params)
     solver.setup(_ou_task(dim), [1.0], np.random.SeedSequence(0), RunContext())
     params, optimizer = solver.training_state()
     drift_fn = solver._drift_fn()
     return lambda: solver.train_iteration(params, optimizer, drift_fn)
+
+
+def scvm_previous(dim: int) -> Callable[[], object]:
+    """The previous path: the training ODE by fixed-step RK4, 32 steps per unit time."""
+    return scvm_ours(dim, integrator="rk4")
 
 
 def scvm_authors(dim: int) -> Callable[[], object]:
@@ -318,7 +369,8 @@ def _worker_main(side: str, kind: str, dim: int, core: int) -> None:
     torch.set_num_threads(1)
     tune_allocator()  # a gfbench run process's allocator settings, on both sides
     build = {("ours", "sbtm"): sbtm_ours, ("authors", "sbtm"): sbtm_authors,
-             ("ours", "scvm"): scvm_ours, ("authors", "scvm"): scvm_authors}[side, kind]
+             ("ours", "scvm"): scvm_ours, ("authors", "scvm"): scvm_authors,
+             ("previous", "scvm"): scvm_previous}[side, kind]
     built = build(dim)
     step, before = built if isinstance(built, tuple) else (built, lambda: None)
     print("ready", flush=True)
