@@ -22,8 +22,8 @@ Algorithm
 
    where s_k (k ≥ 1) is warm-started from s_{k−1} and fitted on the current
    particles X_k: the linear part of the score is re-solved in closed form
-   (below), then the network takes ``inner_steps`` full-batch Adam steps
-   (one optimiser for the whole run, its moments kept) on
+   (numerics/score_net.py), then the network takes ``inner_steps`` full-batch
+   Adam steps (one optimiser for the whole run, its moments kept) on
 
    - ``loss="ism"`` (default), implicit score matching E|s|² + 2 div s, the
      divergence exact for D ≤ ``exact_dim`` and otherwise Hutchinson's
@@ -37,89 +37,9 @@ Algorithm
    ``drift="implicit"`` the step takes ∇Φ at the new point instead
    (y + dt∇Φ(y) = x − (dt/β)s_k(x); "Implicit drift" below).
 
-Score model: s = ∇U with U a scalar MLP with SiLU activations plus, with
-``quadratic`` (default), a quadratic,
-
-    h_1 = σ(W_1 x + c_1),  h_l = h_{l−1} + σ(W_l h_{l−1} + c_l) (l = 2..depth),
-    U = aᵀh_depth + ½xᵀMx + qᵀx,
-
-so the velocity is a gradient field and its Jacobian is symmetric. M
-(symmetric) and q are never touched by the optimiser: given the network part
-r, the ISM loss is quadratic in them and its minimiser solves the Lyapunov
-equation MC + CM = −(K + Kᵀ) − 2I (C the particles' covariance, K = E[x̃r̃ᵀ];
-:func:`fit_linear_part`), so the Gaussian part of the score, the part that
-changes fastest on stiff problems, is exact for the current particles at
-every step and the network follows only the non-Gaussian rest. Without it
-(``quadratic=False``, the authors' model) a stiff OU mode (D = 4, λ_max = 32
-on task seed 100) collapses within a few steps faster than a few Adam steps
-can follow, and the density blows up (SymKL ~1e14).
-
-s, div s and the Hessian ∇s are computed in closed form in one forward pass
-over the layers plus one backward sweep (:func:`score_terms`): with
-T_l = ∂z_l/∂x (forward tangents, (n, w, D)), δ_l = ∂U/∂h_l (backward
-adjoints) and G_l = δ_l ⊙ σ''(z_l),
-
-    ∇s = Σ_l T_lᵀ diag(G_l) T_l + M,   div s = Σ_l Σ_j G_lj |T_lj|² + tr M,
-
-because the only non-linear operations are the elementwise activations (the
-first layer's tangent is W_1 itself, shared by all rows: the exact divergence
-of a one-layer network costs O(n·w)). With tangents along random probes
-instead of the identity the same sweep gives Hutchinson's vᵀ(∇s)v. All of it
-is differentiable in the parameters, so the ISM loss with the exact
-divergence costs one forward and one backward pass.
-
-Densities (float64 copies of the stored networks)
--------------------------------------------------
-The law the solver returns is the push-forward of ρ0 by the composed Euler
-maps F_k(x) = x + dt·v_k(x); its exact density follows from the change of
-variables of the *discrete* maps,
-
-    log ρ_{k+1}(F_k(x)) = log ρ_k(x) − log det(I + dt ∇v_k(x)),
-    ∇v_k = −∇²Φ − β⁻¹ ∇s_k  (symmetric),
-
-the time-discretisation of d/dt log ρ_t(x_t) = −div v_t that is exact for the
-returned law: it integrates to one whatever dt is (measured: |mass − 1| ~ 1e-12
-on a 1-D grid), where the first-order −dt·div v would not.
-
-- ``draw(n, rng)`` pushes fresh ρ0 samples through F_0, …, F_{k−1} with the
-  log-determinant along the way.
-- ``log_density(y)`` runs the same discrete maps backwards (not the reverse
-  ODE): at each step it solves x + dt·v_k(x) = y for x by chord-Newton
-  iterations (the exact Jacobian I + dt∇v_k factored once at the start
-  y − dt·v_k(y), which is O(dt²) away; 2–3 velocity evaluations to 1e-12),
-  then subtracts the log-determinant at the solution. So log_density at a
-  drawn point equals the log-density draw returned for it (to ~1e-10, tested)
-  and pulling the solver's own particles back returns their initial
-  positions (tested).
-- D ≤ ``exact_dim`` (16): exact Jacobians (∇²Φ in closed form for tasks with
-  ``quadratic_potential``, else by D autograd passes) and ``slogdet``. Above it:
-  log det(I + dtJ) ≈ dt·vᵀJv − ½dt²|Jv|² with Gaussian probes v (Jv by one
-  autograd pass; its mean is dt tr J − ½dt² tr J² since J is symmetric, so
-  the bias is O(dt³ tr J³) per step) and the inverse map by fixed-point
-  iteration x ← y − dt·v_k(x) (a contraction while dt·‖∇v_k‖ < 1). The
-  estimator's variance per step is ≈ 2dt²‖∇v_k‖_F² / ``hutchinson``, so a
-  log-density carries a noise of variance ≈ 2·dt·t·‖∇v‖_F² / probes (std 0.01
-  on OU D = 3 at t = 0.2 with 400 probes; ∝ 1/√probes); it is applied to ∇v as a
-  whole, not to ∇²Φ and ∇s separately, because the two nearly cancel once a
-  mode is close to equilibrium. log_density uses a fixed probe stream (a
-  deterministic function of its input), draw one derived from its rng; a
-  point's two log-densities then differ by that noise.
-- A step whose I + dt∇v_k is not positive definite at some point (the Euler
-  map folds there: dt too large for the flow) is counted in
-  ``info["density_diagnostics"]["density_folds"]`` (cumulative over the calls),
-  with non-converged inversions; log |det| is used.
-- A point whose inversion does not converge (chord iterations, then full
-  Newton steps) has no preimage: it lies outside the image of the maps, where
-  the returned law has no mass, and its log-density is −∞ (counted in
-  ``unconverged_inversions``), not NaN. With a super-linear drift the explicit
-  map is never onto: x − dt∇Φ(x) folds where dt·λ_max(∇²Φ) = 1 (|x| ≈ 1/√(12dt)
-  = 2.9 per coordinate of the quartic well below at dt = 1e-2) and its image
-  is bounded (|y| ≲ 2.2 after one step, then carried inwards by the flow). On
-  the tilted double well of tests/test_generic_potentials.py (1-D factor,
-  t = 0.5, the recipe below) the image was [−1.80, 1.64] against reference
-  draws up to 1.68: 1 in 10⁴ reference points had no preimage, 1–2 in 10³ in
-  2-D, so the Monte Carlo SymKL (8192 reference draws) was NaN before this
-  rule and is +∞ with it. ``drift="implicit"`` removes the cause.
+Score model (s = ∇U, a SiLU MLP plus a quadratic part solved in closed form), its losses
+and their measured speed: numerics/score_net.py. The densities of the returned law (the
+exact change of variables through the Euler maps): numerics/euler_maps.py.
 
 Implicit drift (``drift="implicit"``): the particle step takes ∇Φ at the new
 point and the score at the old one,
@@ -245,31 +165,6 @@ explicit map loses them the same way). A score written relative to the Gibbs
 score, s = −β∇Φ + ∇U, would carry the tails exactly (not done: it changes
 the ISM loss by a Laplacian of Φ per evaluation and the OU numbers).
 
-Speed of the training step (issue #36)
---------------------------------------
-Profiled (torch.profiler, one thread, n = 2000, w = 32, D = 2): of 2.6 ms per
-optimiser step, 46 % went to ~37 small elementwise products (the sweep of
-:func:`score_terms` and its autograd backward) and 0.37 ms to
-``torch.optim.Adam``'s per-step bookkeeping for three tensors; the GEMMs with
-(n, D) or (w, D)-over-n outputs ran at 60–100 µs where the same products laid
-out with n as the output's columns take 10–16 µs. So the defaults' loss (one
-layer, exact divergence) has a hand-written forward and backward
-(:class:`OneLayerIsm`, :func:`ism_value_and_grad`: feature-major (w, n)
-activations, the first three SiLU derivatives from the shared products s' and
-z s', the divergence only through its column sums, no autograd graph), and
-the solver steps a small :class:`Adam` with the gradients (bit-identical to
-``torch.optim.Adam``'s CPU path; tested). Measured, interleaved, one thread,
-load 0.7: 1.92 → 0.52 ms per step at D = 2, 2.02 → 0.61 ms at D = 10; runs on
-OU (defaults, t = 0.5, task seed 100) 0.96 → 0.51 s at D = 2 and 1.51 → 0.79 s
-at D = 12, particles within 1.2e-6 of the previous code (float32 rounding);
-two layers (the recipe) keep the autograd sweep and are bit-identical.
-Against the authors' JAX code (tests/benchmarks/bench_authors_jax.py: the
-same one-layer SiLU potential and 2000 particles, their ``losses.update`` on
-``sm_loss`` with RAdam; two worker processes on one core, ten steps a turn,
-alternating, medians of each process's CPU time; 2026-12-04, load 0.8):
-1.23 / 0.51 ms (2.41×) at D = 2, 1.27 / 0.63 ms (2.01×) at D = 10. The
-reductions over n are (D, n) @ (n, w) products (24 against 45 µs at D = 10).
-
 Departures from the paper / the authors' code
 ---------------------------------------------
 The closed-form linear score part; a fixed number ``inner_steps`` of Adam
@@ -289,11 +184,27 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import torch
 
+from numerics.euler_maps import EulerMaps
+from numerics.score_net import (
+    Adam,
+    Params,
+    detached,
+    dsm_loss,
+    finite_difference_score,
+    fit_linear_part,
+    fused_ism_applies,
+    init_network,
+    ism_loss,
+    ism_value_and_grad,
+    mlp_part,
+    relative_score_error,
+    score_only,
+)
 from solvers.base import (
     GPU,
     IID_DENSITY,
@@ -307,7 +218,6 @@ from solvers.base import (
     steps_to_times,
 )
 
-Params = dict[str, torch.Tensor]
 DTYPES = {"float32": torch.float32, "float64": torch.float64}
 LOSSES = ("ism", "dsm")
 #: the particle step: x + dt·v (explicit), or ∇Φ taken at the new point (implicit)
@@ -316,427 +226,10 @@ DRIFTS = ("explicit", "implicit")
 CHUNK = 2048
 #: the initial fit stops once the relative L² error to ∇log ρ0 is below this
 INIT_TOL = 1e-6
-#: chord-Newton (exact path) and fixed-point (Hutchinson path) inversion: tolerance, caps
-INVERT_TOL = 1e-12
-NEWTON_MAX = 50
-#: full Newton steps on rows the chord iterations leave unconverged: quadratic convergence
-#: needs a few where a preimage exists; a point without one would use them all, every step
-POLISH_MAX = 12
-FIXED_POINT_MAX = 500
 #: fresh draws of the self-consistency check at every output time
 CHECK_POINTS = 256
 #: seed of the probe stream log_density uses in the Hutchinson path (deterministic output)
 LOG_DENSITY_PROBE_SEED = 12345
-
-
-# ------------------------------------------------------------------------ network
-def init_network(dim: int, width: int, depth: int, quadratic: bool,
-                 generator: torch.Generator, dtype: torch.dtype = torch.float32,
-                 device: str = "cpu") -> Params:
-    """Random parameters of the potential U.
-
-    Parameters
-    ----------
-    dim, width, depth : int
-        Input dimension D, hidden width w and number of hidden layers.
-    quadratic : bool
-        Add ½xᵀMx + qᵀx (M = sym(Q)); Q and q start at zero, without
-        ``requires_grad`` (:func:`fit_linear_part` sets them).
-    generator : torch.Generator
-        CPU generator (the draws do not depend on the device).
-    dtype, device
-        Of the returned tensors.
-
-    Returns
-    -------
-    dict of tensors with ``requires_grad``: ``W0 (w, D)``, ``c0 (w,)``,
-    ``W{l}, c{l}`` for l = 1..depth−1 (``(w, w)``, ``(w,)``), ``a (w,)`` and,
-    with ``quadratic``, ``Q (D, D)``, ``q (D,)``.
-    """
-    def randn(*shape: int, scale: float) -> torch.Tensor:
-        """float64 normal draws (device- and dtype-independent streams), scaled."""
-        return scale * torch.randn(*shape, generator=generator, dtype=torch.float64)
-
-    p = {"W0": randn(width, dim, scale=1.0 / math.sqrt(dim)),
-         "c0": randn(width, scale=0.5)}
-    for layer in range(1, depth):
-        # residual branches start small so the initial network is close to one layer
-        p[f"W{layer}"] = randn(width, width, scale=0.5 / math.sqrt(width))
-        p[f"c{layer}"] = torch.zeros(width, dtype=torch.float64)
-    # a small output layer: the network starts as a small correction to the linear part
-    p["a"] = randn(width, scale=0.1 / math.sqrt(width))
-    params = {k: v.to(device=device, dtype=dtype).requires_grad_(True) for k, v in p.items()}
-    if quadratic:
-        # solved in closed form (fit_linear_part), never by the optimiser
-        params["Q"] = torch.zeros(dim, dim, dtype=dtype, device=device)
-        params["q"] = torch.zeros(dim, dtype=dtype, device=device)
-    return params
-
-
-def detached(params: Params, dtype: torch.dtype | None = None) -> Params:
-    """A frozen copy of ``params`` (optionally cast)."""
-    return {k: v.detach().clone().to(dtype=dtype or v.dtype) for k, v in params.items()}
-
-
-def depth_of(params: Params) -> int:
-    """Number of hidden layers of a parameter dict."""
-    return sum(1 for k in params if k.startswith("W"))
-
-
-def _silu_derivatives(z: torch.Tensor, second: bool = True
-                      ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """SiLU σ(z) = z·sigmoid(z) and its first two derivatives (the second if asked)."""
-    sig = torch.sigmoid(z)
-    d1 = sig * (1.0 + z * (1.0 - sig))
-    d2 = sig * (1.0 - sig) * (2.0 + z * (1.0 - 2.0 * sig)) if second else None
-    return z * sig, d1, d2
-
-
-def score_terms(params: Params, x: torch.Tensor, directions: torch.Tensor | None = None,
-                divergence: bool = False, hessian: bool = False
-                ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-    """s = ∇U at ``x (n, D)``, with div s and/or ∇s in closed form.
-
-    One forward pass stores the pre-activations z_l and, when asked, the
-    tangents T_l = ∂z_l/∂x · V; one backward sweep gives the adjoints
-    δ_l = ∂U/∂h_l and s. Then (module docstring) with G_l = δ_l ⊙ σ''(z_l),
-    ∇s = Σ_l T_lᵀ diag(G_l) T_l and Σ_p v_pᵀ(∇s)v_p = Σ_l Σ_j G_lj Σ_p T_ljp².
-
-    Parameters
-    ----------
-    params : dict
-        Network parameters (:func:`init_network`).
-    x : tensor (n, D)
-    directions : tensor (n, D, P) or None
-        Tangent directions: None is the identity (exact divergence / Hessian);
-        Gaussian probes give Hutchinson's estimate (the sum over probes is
-        divided by P here).
-    divergence, hessian : bool
-        What to return besides s (``hessian`` needs ``directions=None``).
-
-    Returns
-    -------
-    s (n, D), div s (n,) or None, ∇s (n, D, D) or None. Differentiable in the
-    parameters (and in ``x``).
-    """
-    depth = depth_of(params)
-    need_tangents = divergence or hessian
-    d1s, d2s = [], []
-    z = x @ params["W0"].T + params["c0"]
-    act, d1, d2 = _silu_derivatives(z, need_tangents)
-    d1s.append(d1), d2s.append(d2)
-    h = act
-    tangents: list[torch.Tensor] = []
-    if need_tangents:
-        w0 = params["W0"]
-        # T_0 = W0 V: for V = I it is W0 itself, shared by all rows (no (n, w, D) copy)
-        t_z = w0.unsqueeze(0) if directions is None else torch.einsum("wd,ndp->nwp", w0,
-                                                                        directions)
-        tangents.append(t_z)
-        t_h = d1.unsqueeze(2) * t_z
-    for layer in range(1, depth):
-        w, c = params[f"W{layer}"], params[f"c{layer}"]
-        z = h @ w.T + c
-        act, d1, d2 = _silu_derivatives(z, need_tangents)
-        d1s.append(d1), d2s.append(d2)
-        h = h + act
-        if need_tangents:
-            t_z = torch.einsum("vw,nwp->nvp", w, t_h)
-            tangents.append(t_z)
-            t_h = t_h + d1.unsqueeze(2) * t_z
-    # backward sweep: δ_depth = a; through h_l = h_{l−1} + σ(z_l) the adjoint gains
-    # W_lᵀ(σ'(z_l) ⊙ δ_l)
-    delta = params["a"].expand_as(h)
-    curvature = [None] * depth
-    for layer in range(depth - 1, 0, -1):
-        if need_tangents:
-            curvature[layer] = delta * d2s[layer]
-        delta = delta + (d1s[layer] * delta) @ params[f"W{layer}"]
-    if need_tangents:
-        curvature[0] = delta * d2s[0]
-    score = (d1s[0] * delta) @ params["W0"]
-    quadratic = "Q" in params
-    if quadratic:
-        sym = 0.5 * (params["Q"] + params["Q"].T)
-        score = score + x @ sym + params["q"]
-    div = hess = None
-    if divergence:
-        n_dir = 1 if directions is None else directions.shape[2]
-        div = sum(((t * t).sum(2) * g).sum(1) for t, g in zip(tangents, curvature)) / n_dir
-        if quadratic:
-            div = div + (torch.diagonal(sym).sum() if directions is None else
-                         torch.einsum("ndp,de,nep->n", directions, sym, directions) / n_dir)
-    if hessian:
-        if directions is not None:
-            raise ValueError("score_terms: the Hessian needs the identity directions")
-        n, dim = x.shape
-        hess = 0.0
-        for t, g in zip(tangents, curvature):
-            if t.shape[0] == 1:
-                # first layer, tangent W0 shared by all rows: ONE GEMM with the outer
-                # products W0_j W0_jᵀ (an einsum over (n, w, D, D) was 5x slower)
-                outer = (t[0].unsqueeze(2) * t[0].unsqueeze(1)).reshape(-1, dim * dim)
-                hess = hess + (g @ outer).view(n, dim, dim)
-            else:
-                hess = hess + torch.bmm((t * g.unsqueeze(2)).transpose(1, 2), t)
-        if quadratic:
-            hess = hess + sym
-    return score, div, hess
-
-
-def score_only(params: Params, x: torch.Tensor) -> torch.Tensor:
-    """s = ∇U at ``x (n, D)`` (no tangents)."""
-    return score_terms(params, x)[0]
-
-
-def mlp_part(params: Params) -> Params:
-    """The parameters without the linear score part (Q, q)."""
-    return {k: v for k, v in params.items() if k not in ("Q", "q")}
-
-
-@torch.no_grad()
-def fit_linear_part(params: Params, x: torch.Tensor, target: torch.Tensor | None = None,
-                    ridge: float = 1e-10) -> None:
-    """Set the linear score part Mx + q (M symmetric) to its least-squares optimum, in place.
-
-    With r = the network's score at the particles ``x (n, D)`` (the MLP part,
-    held fixed) and centred quantities x̃, r̃, C = E[x̃x̃ᵀ], K = E[x̃ r̃ᵀ]:
-
-    - ISM (``target`` None): min E|r + Mx + q|² + 2 tr M over symmetric M gives
-      MC + CM = −(K + Kᵀ) − 2I,
-    - L² to a target score g: r̃ → r̃ − g̃ and no −2I,
-
-    and q = −E[r − g] − M E[x]. The ISM form is used whatever ``loss`` trains
-    the network (its divergence term, tr M, is exact and free). The Lyapunov
-    equation is solved in the eigenbasis of C, M' = R'/(λ_i + λ_j). For r = 0
-    and Gaussian particles this is the Gaussian score −C⁻¹(x − m): the part of
-    the score that changes fastest on stiff problems is re-solved exactly
-    every step, so the optimiser only has to follow the (slower, smaller)
-    non-Gaussian rest.
-    Computed in float64 (O(n·D² + D³)); ``ridge`` (relative to tr C / D) keeps
-    C invertible when particles are degenerate.
-    """
-    xd = x.double()
-    resid = score_only(mlp_part(params), x).double()
-    if target is not None:
-        resid = resid - target.double()
-    n, dim = xd.shape
-    x_mean, r_mean = xd.mean(0), resid.mean(0)
-    xc, rc = xd - x_mean, resid - r_mean
-    cov = xc.T @ xc / n
-    cross = xc.T @ rc / n
-    rhs = -(cross + cross.T)
-    if target is None:
-        rhs = rhs - 2.0 * torch.eye(dim, dtype=xd.dtype, device=xd.device)
-    eye = torch.eye(dim, dtype=xd.dtype, device=xd.device)
-    lam, vec = torch.linalg.eigh(cov + ridge * (torch.trace(cov) / dim + 1e-300) * eye)
-    sol = vec @ ((vec.T @ rhs @ vec) / (lam[:, None] + lam[None, :])) @ vec.T
-    sol = 0.5 * (sol + sol.T)
-    params["Q"].copy_(sol.to(params["Q"].dtype))
-    params["q"].copy_((-r_mean - sol @ x_mean).to(params["q"].dtype))
-
-
-# ---------------------------------------------------------------------------- losses
-def ism_loss(params: Params, x: torch.Tensor, probes: torch.Tensor | None) -> torch.Tensor:
-    """Implicit score matching mean(|s|² + 2 div s) on ``x (n, D)``.
-
-    ``probes (n, D, P)``: Hutchinson's divergence; None: exact. A one-layer
-    network with the exact divergence (the defaults) takes the fused
-    :class:`OneLayerIsm` (hand-written backward); everything else the
-    closed-form sweep of :func:`score_terms` differentiated by autograd.
-    """
-    if probes is None and fused_ism_applies(params):
-        return OneLayerIsm.apply(x, *_one_layer_inputs(params))
-    score, div, _ = score_terms(params, x, probes, divergence=True)
-    return (score * score).sum(1).mean() + 2.0 * div.mean()
-
-
-def fused_ism_applies(params: Params) -> bool:
-    """One hidden layer, and the linear part (if any) held fixed (not differentiated)."""
-    return depth_of(params) == 1 and not any(
-        params[k].requires_grad for k in ("Q", "q") if k in params)
-
-
-def _one_layer_inputs(params: Params) -> tuple[torch.Tensor, ...]:
-    """(W0, c0, a, M = sym(Q) or None, q or None) of a one-layer network."""
-    sym = q = None
-    if "Q" in params:
-        sym, q = 0.5 * (params["Q"] + params["Q"].T), params["q"]
-    return params["W0"], params["c0"], params["a"], sym, q
-
-
-def _one_layer_ism_forward(x: torch.Tensor, w0: torch.Tensor, c0: torch.Tensor,
-                           a: torch.Tensor, sym: torch.Tensor | None, q: torch.Tensor | None
-                           ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
-    """The exact ISM loss of a one-layer potential and what its backward needs.
-
-    Points are held feature-major, ``x.T (D, n)`` and activations ``(w, n)``:
-    every product then has the long axis n as its output's columns, which
-    the CPU GEMM runs 4–7× faster than the (n, D) and (w, D)-over-n layouts
-    (measured, one thread, n = 2000, w = 32: 10–16 µs against 63–100 µs).
-    σ'(z) = s + z s' and σ''(z) = s'(2 + z(1 − 2s)), s = sigmoid(z), s' = s(1 − s),
-    share the products s' and z s'.
-    """
-    n = x.shape[0]
-    xt = x.T.contiguous()                                    # (D, n)
-    z = torch.addmm(c0[:, None], w0, xt)                     # (w, n)
-    sig = torch.sigmoid(z)
-    slope = torch.addcmul(sig, sig, sig, value=-1.0)         # s' = s − s²
-    z_slope = z * slope
-    d1 = sig + z_slope                                       # σ'(z)
-    bend = torch.rsub(sig, 1.0, alpha=2.0)                   # 1 − 2s
-    d2 = torch.addcmul(slope, z_slope, bend).add_(slope)     # σ''(z)
-    weighted = w0 * a[:, None]                               # (w, D)
-    score = weighted.T @ d1                                  # (D, n)
-    norms = (w0 * w0).sum(1)
-    a_norms = a * norms
-    d2_cols = d2.sum(1)
-    div_total = d2_cols @ a_norms
-    if sym is not None:
-        score = score + torch.addmm(q[:, None], sym, xt)
-        div_total = div_total + n * torch.diagonal(sym).sum()
-    loss = ((score * score).sum() + 2.0 * div_total) / n
-    return loss, (xt, w0, a, weighted, z_slope, slope, bend, d1, d2, score, norms, a_norms,
-                  d2_cols)
-
-
-def _one_layer_ism_backward(saved: tuple[torch.Tensor, ...], grad: torch.Tensor | float
-                            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(∂L/∂W0, ∂L/∂c0, ∂L/∂a) times ``grad``, from :func:`_one_layer_ism_forward`'s saved state.
-
-    σ'''(z) = 3 s'(1 − 2s) + z s'(1 − 6s') (using (1 − 2s)² = 1 − 4s'), formed as
-    z s' − 6 s'(z s' − (1 − 2s)/2): two passes over (w, n).
-    """
-    xt, w0, a, weighted, z_slope, slope, bend, d1, d2, score, norms, a_norms, d2_cols = saved
-    scale = 2.0 * grad / xt.shape[1]
-    s_bar = score * scale                                    # ∂L/∂s (D, n)
-    # the reductions over n as (D, n) @ (n, w) products: 2x faster at D = 10 than
-    # (w, n) @ (n, D) (measured 24 against 45 µs, n = 2000, w = 32)
-    p_mat = (s_bar @ d1.T).T                                 # (w, D)
-    k = scale * d2_cols                                      # (w,)
-    grad_a = (p_mat * w0).sum(1) + k * norms
-    g = (weighted @ s_bar).mul_(d2)                          # (w, n)
-    third = torch.addcmul(z_slope, slope, torch.sub(z_slope, bend, alpha=0.5), value=-6.0)
-    g.addcmul_(third, (scale * a_norms)[:, None])
-    grad_w = torch.addmm((a[:, None] * p_mat + (2.0 * a * k)[:, None] * w0).T, xt, g.T).T
-    return grad_w, g.sum(1), grad_a
-
-
-class OneLayerIsm(torch.autograd.Function):
-    """The exact ISM loss of a one-layer potential, forward and backward by hand.
-
-    U = aᵀσ(Wx + c) + ½xᵀMx + qᵀx (σ = SiLU, M symmetric, M and q fixed) has
-    s = Wᵀ(a ⊙ σ'(z)) + Mx + q and div s = Σ_j a_j σ''(z_j)|W_j|² + tr M with
-    z = Wx + c. Over n points, with S = 2s/n, P = Σ_i σ'(z_i) S_iᵀ (w, D) and
-    k_j = (2/n) Σ_i σ''(z_ij), the loss L = mean|s|² + 2 mean div s has
-
-        ∂L/∂a_j = P_j·W_j + k_j|W_j|²,
-        ∂L/∂W_j = a_j P_j + 2 a_j k_j W_j + Σ_i G_ij x_i,   ∂L/∂c_j = Σ_i G_ij,
-        G_ij = a_j (W_j·S_i) σ''(z_ij) + (2/n) a_j |W_j|² σ'''(z_ij).
-
-    The divergence enters only through its column sums, so no per-point
-    divergence is formed, and no autograd graph is recorded (the module
-    docstring has the measurements). ``x``, M and q get no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, x, w0, c0, a, sym, q):  # noqa: D102 (the class docstring)
-        loss, saved = _one_layer_ism_forward(x, w0, c0, a, sym, q)
-        ctx.save_for_backward(*saved)
-        return loss
-
-    @staticmethod
-    def backward(ctx, grad):  # noqa: D102 (the class docstring)
-        grad_w, grad_c, grad_a = _one_layer_ism_backward(ctx.saved_tensors, grad)
-        return None, grad_w, grad_c, grad_a, None, None
-
-
-@torch.no_grad()
-def ism_value_and_grad(params: Params, x: torch.Tensor) -> tuple[torch.Tensor, Params]:
-    """The exact ISM loss and its gradients in W0, c0, a, without autograd.
-
-    For :func:`fused_ism_applies` networks: the training step's loss and
-    gradient in one forward and one backward sweep of plain tensor
-    operations (no graph, no gradient accumulation, no ``zero_grad``).
-    """
-    loss, saved = _one_layer_ism_forward(x, *_one_layer_inputs(params))
-    grad_w, grad_c, grad_a = _one_layer_ism_backward(saved, 1.0)
-    return loss, {"W0": grad_w, "c0": grad_c, "a": grad_a}
-
-
-class Adam:
-    """Adam on a fixed dict of tensors, stepped with gradients handed to it.
-
-    The update is ``torch.optim.Adam``'s single-tensor path (its CPU default)
-    operation for operation, each done for all tensors at once by the
-    ``torch._foreach_*`` kernels, so its numbers are bit-identical to it
-    (tested); it skips that class's per-step bookkeeping (≈ 0.37 ms per step for
-    three tensors on one thread, as much as the one-layer loss and gradient).
-    """
-
-    def __init__(self, params: Params, lr: float, betas: tuple[float, float] = (0.9, 0.999),
-                 eps: float = 1e-8) -> None:
-        self.params = params
-        self.lr, self.betas, self.eps = float(lr), betas, float(eps)
-        self.steps = 0
-        self.exp_avg = [torch.zeros_like(v) for v in params.values()]
-        self.exp_avg_sq = [torch.zeros_like(v) for v in params.values()]
-
-    @torch.no_grad()
-    def step(self, grads: Params) -> None:
-        """One update of every parameter from ``grads`` (same keys)."""
-        beta1, beta2 = self.betas
-        self.steps += 1
-        step = float(self.steps)
-        step_size = self.lr / (1 - beta1 ** step)
-        correction2_sqrt = (1 - beta2 ** step) ** 0.5
-        grad_list = [grads[key] for key in self.params]
-        torch._foreach_lerp_(self.exp_avg, grad_list, 1 - beta1)
-        torch._foreach_mul_(self.exp_avg_sq, beta2)
-        torch._foreach_addcmul_(self.exp_avg_sq, grad_list, grad_list, value=1 - beta2)
-        denom = torch._foreach_sqrt(self.exp_avg_sq)
-        torch._foreach_div_(denom, correction2_sqrt)
-        torch._foreach_add_(denom, self.eps)
-        torch._foreach_addcdiv_(list(self.params.values()), self.exp_avg, denom,
-                                value=-step_size)
-
-
-def dsm_loss(params: Params, x: torch.Tensor, xi: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Antithetic denoising score matching ½Σ_± [σ|s(x ± σξ)|² ± 2 s(x ± σξ)·ξ] (mean).
-
-    σ|s(x+σξ) + ξ/σ|² expanded, constant dropped; the ± pair cancels the
-    O(1/σ) variance of the cross term to first order.
-    """
-    total = 0.0
-    for sign in (1.0, -1.0):
-        s = score_only(params, x + sign * sigma * xi)
-        total = total + sigma * (s * s).sum(1) + 2.0 * sign * (s * xi).sum(1)
-    return 0.5 * total.mean()
-
-
-def relative_score_error(params: Params, x: torch.Tensor, target: torch.Tensor
-                         ) -> torch.Tensor:
-    """Σ|s(x) − target|² / Σ|target|² (the initial fit's loss)."""
-    diff = score_only(params, x) - target
-    return (diff * diff).sum() / (target * target).sum().clamp_min(1e-300)
-
-
-def finite_difference_score(log_density: Callable[[np.ndarray], np.ndarray], x: np.ndarray
-                            ) -> np.ndarray:
-    """∇log ρ0 at ``x (n, D)`` by central differences of a numpy log-density (float64).
-
-    Step 1e-5·max(1, |x_d|): the truncation error is O(h²·∂³log ρ) (zero for a
-    Gaussian) and the rounding error ~1e-16·|log ρ|/h ≈ 1e-10.
-    """
-    x = np.asarray(x, dtype=np.float64)
-    grad = np.empty_like(x)
-    for d in range(x.shape[1]):
-        h = 1e-5 * np.maximum(1.0, np.abs(x[:, d]))
-        up, down = x.copy(), x.copy()
-        up[:, d] += h
-        down[:, d] -= h
-        grad[:, d] = (log_density(up) - log_density(down)) / (2.0 * h)
-    return grad
 
 
 # -------------------------------------------------------------------------- solver
@@ -832,6 +325,10 @@ class Sbtm(Solver):
         if hasattr(task, "quadratic_potential"):
             self.hess_phi = torch.as_tensor(task.quadratic_potential()[0], dtype=torch.float64,
                                             device=self.device)
+        # the Euler maps and their densities (numerics/euler_maps.py)
+        self.maps = EulerMaps(self.dt, self.beta, self.dim, self.exact, self.implicit,
+                              int(p["hutchinson"]), self._grad_potential,
+                              self._potential_hessian, self.device)
         self.params0 = init_network(self.dim, int(p["width"]), int(p["depth"]),
                                     bool(p["quadratic"]), gen, self.dtype, self.device)
         start = time.perf_counter()
@@ -870,14 +367,9 @@ class Sbtm(Solver):
         """∇Φ at ``x (n, D)`` (the task's exact potential, no data minibatch)."""
         return self.task.grad_potential_torch(x)
 
-    def _velocity(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """v = −∇Φ − β⁻¹ s at ``x (n, D)``."""
-        return -self._grad_potential(x) - score_only(params, x) / self.beta
-
-    def _probes(self, n: int, count: int, dtype: torch.dtype,
-                gen: torch.Generator | None = None) -> torch.Tensor:
-        """Gaussian probes ``(n, D, count)`` from the training stream (or ``gen``)."""
-        return torch.randn(n, self.dim, count, generator=gen or self.gen, dtype=dtype,
+    def _probes(self, n: int, count: int, dtype: torch.dtype) -> torch.Tensor:
+        """Gaussian probes ``(n, D, count)`` from the training stream."""
+        return torch.randn(n, self.dim, count, generator=self.gen, dtype=dtype,
                            device=self.device)
 
     def _train_loss(self, params: Params, x: torch.Tensor) -> torch.Tensor:
@@ -935,7 +427,7 @@ class Sbtm(Solver):
                     fit_linear_part(params, x)
             self.networks.append(detached(params))
             with torch.no_grad():
-                x = self._step(self.networks[-1], x)
+                x = self.maps.step(self.networks[-1], x)
             if not bool(torch.isfinite(x).all()):
                 raise FloatingPointError(f"sbtm step {k}: particles are not finite "
                                          f"(dt={self.dt} too large for the flow?)")
@@ -966,211 +458,6 @@ class Sbtm(Solver):
                     for d in range(self.dim)]
         return torch.stack(rows, 1)
 
-    def _jacobian(self, params: Params, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(v, ∇v) at ``x (n, D)``: ``(n, D)``, ``(n, D, D)`` (exact path)."""
-        score, _, hess = score_terms(params, x, hessian=True)
-        vel = -self._grad_potential(x) - score / self.beta
-        return vel, -self._potential_hessian(x) - hess / self.beta
-
-    def _logdet_exact(self, jac: torch.Tensor) -> tuple[torch.Tensor, int]:
-        """log |det(I + dt·jac)| ``(n,)`` and the number of non-positive determinants."""
-        eye = torch.eye(self.dim, dtype=jac.dtype, device=jac.device)
-        sign, logabs = torch.linalg.slogdet(eye + self.dt * jac)
-        return logabs, int((sign <= 0).sum())
-
-    def _logdet_hutchinson(self, params: Params, x: torch.Tensor, gen: torch.Generator
-                           ) -> torch.Tensor:
-        """dt·vᵀJv − ½dt²|Jv|² averaged over probes: log det(I + dtJ) up to O(dt³)."""
-        probes = self._probes(x.shape[0], int(self.params["hutchinson"]), x.dtype, gen)
-        with torch.enable_grad():
-            xr = x.detach().requires_grad_(True)
-            vel = self._velocity(params, xr)
-            total = torch.zeros(x.shape[0], dtype=x.dtype, device=x.device)
-            count = probes.shape[2]
-            for i in range(count):
-                probe = probes[:, :, i]
-                # J symmetric: ∇(v·probe) = Jᵀprobe = J probe
-                jv = torch.autograd.grad((vel * probe).sum(), xr, retain_graph=i + 1 < count)[0]
-                total = (total + self.dt * (probe * jv).sum(1)
-                         - 0.5 * self.dt ** 2 * (jv * jv).sum(1))
-        return total.detach() / count
-
-    def _solve_drift(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Solve y + dt·∇Φ(y) = z row by row (float64): (y, rows not converged).
-
-        Newton from y = z with the exact ∇²Φ, halving a step while it does not
-        reduce the residual: y + dt∇Φ(y) is the gradient of the strongly convex
-        ½|y|² + dtΦ(y) whenever dt·λ_min(∇²Φ) > −1, so the root is unique and
-        the damped iteration reaches it from anywhere (quartic Φ: 5–8 iterations).
-        """
-        eye = torch.eye(self.dim, dtype=z.dtype, device=z.device)
-        scale = 1.0 + z.abs().amax(1)
-        y = z.clone()
-        resid = y + self.dt * self._grad_potential(y) - z
-        for _ in range(NEWTON_MAX):
-            todo = resid.abs().amax(1) > INVERT_TOL * scale
-            if not bool(todo.any()):
-                break
-            jac = eye + self.dt * self._potential_hessian(y[todo])
-            step = torch.linalg.solve(jac, resid[todo].unsqueeze(2)).squeeze(2)
-            size = torch.ones(step.shape[0], 1, dtype=z.dtype, device=z.device)
-            for _ in range(30):  # backtracking on the residual's norm
-                trial = y[todo] - size * step
-                new = trial + self.dt * self._grad_potential(trial) - z[todo]
-                worse = ~(new.norm(dim=1) < resid[todo].norm(dim=1))
-                if not bool(worse.any()):
-                    break
-                size = torch.where(worse[:, None], 0.5 * size, size)
-            y[todo], resid[todo] = trial, new
-        return y, resid.abs().amax(1) > 1e3 * INVERT_TOL * scale
-
-    def _step(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """One step of the particles (no log-density), in the dtype of ``x``."""
-        if self.implicit:  # the score in the training dtype, the drift solve in float64
-            z = x - self.dt / self.beta * score_only(params, x)
-            return self._solve_drift(z.double())[0].to(x.dtype)
-        return x + self.dt * self._velocity(params, x)
-
-    @torch.no_grad()
-    def _push(self, networks: list[Params], x: torch.Tensor, logp: torch.Tensor,
-              gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, int]:
-        """Push ``x`` through the Euler maps of ``networks`` with the log-density (float64)."""
-        folds = 0
-        for params in networks:
-            if self.implicit:
-                y = self._solve_drift(x - self.dt / self.beta * score_only(params, x))[0]
-                logdet, bad = self._step_logdet(params, x, y, gen)
-                folds += bad
-                logp, x = logp - logdet, y
-                continue
-            if self.exact:
-                vel, jac = self._jacobian(params, x)
-                logdet, bad = self._logdet_exact(jac)
-                folds += bad
-            else:
-                vel = self._velocity(params, x)
-                logdet = self._logdet_hutchinson(params, x, gen)
-            logp = logp - logdet
-            x = x + self.dt * vel
-        return x, logp, folds
-
-    def _map_residual(self, params: Params, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """F(x) − y for the map being inverted (explicit: F = x + dt·v; implicit: the
-        score half x − (dt/β)s(x), y then being y + dt∇Φ(y))."""
-        if self.implicit:
-            return x - self.dt / self.beta * score_only(params, x) - y
-        return x + self.dt * self._velocity(params, x) - y
-
-    def _map_jacobian(self, params: Params, x: torch.Tensor) -> torch.Tensor:
-        """∇F at ``x`` for :meth:`_map_residual` (exact path)."""
-        eye = torch.eye(self.dim, dtype=x.dtype, device=x.device)
-        if self.implicit:
-            return eye - self.dt / self.beta * score_terms(params, x, hessian=True)[2]
-        return eye + self.dt * self._jacobian(params, x)[1]
-
-    @torch.no_grad()
-    def _invert_step(self, params: Params, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Solve F(x) = y for every row of ``y``; (x, rows not converged (bool)).
-
-        Explicit drift: F(x) = x + dt·v(x). Implicit drift: y is first mapped
-        to z = y + dt∇Φ(y) (explicit) and F is the score half x − (dt/β)s(x).
-        Both paths start from x = y − dt·v(y) (the score half: z + (dt/β)s(z)),
-        O(dt²) from the solution.
-        Exact path: chord (simplified Newton) iterations with the exact
-        Jacobian ∇F at that start, factored once; it contracts at the rate
-        dt·‖∇v(x) − ∇v(start)‖ = O(dt³), so 2–3 velocity evaluations reach the
-        tolerance, and no Hessian is formed inside the loop (the log-determinant
-        needs one at the solution anyway). Rows the chord iterations leave
-        unconverged get full Newton steps (Jacobian refreshed every iteration);
-        a row still unconverged has, as measured on the double well, no preimage:
-        it lies outside the image of the explicit map (module docstring).
-        Hutchinson path: fixed-point iterations x ← y − dt·v(x), contracting at
-        the rate dt·‖∇v‖ (< 1 where the Euler map is invertible).
-        """
-        if self.implicit:
-            y = y + self.dt * self._grad_potential(y)
-            x = y + self.dt / self.beta * score_only(params, y)
-        else:
-            x = y - self.dt * self._velocity(params, y)
-        scale = 1.0 + y.abs().amax(1)
-        if self.exact:
-            lu, pivots, _ = torch.linalg.lu_factor_ex(self._map_jacobian(params, x))
-            for _ in range(NEWTON_MAX):
-                resid = self._map_residual(params, x, y)
-                if bool((resid.abs().amax(1) <= INVERT_TOL * scale).all()):
-                    break
-                step = torch.linalg.lu_solve(lu, pivots, resid.unsqueeze(2)).squeeze(2)
-                x = x - torch.where(torch.isfinite(step), step, resid)
-            return self._newton_polish(params, x, y, scale)
-        for _ in range(FIXED_POINT_MAX):
-            new = y - self.dt * self._velocity(params, x)
-            change = (new - x).abs().amax(1)
-            x = new
-            if bool((change <= INVERT_TOL * scale).all()):
-                break
-        resid = self._map_residual(params, x, y)
-        return x, ~(resid.abs().amax(1) <= 1e3 * INVERT_TOL * scale)
-
-    def _newton_polish(self, params: Params, x: torch.Tensor, y: torch.Tensor,
-                       scale: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full Newton steps on the rows the chord iterations left unconverged."""
-        resid = self._map_residual(params, x, y)
-        bad = ~(resid.abs().amax(1) <= INVERT_TOL * scale)
-        for _ in range(POLISH_MAX if bool(bad.any()) else 0):
-            rows = bad.nonzero().squeeze(1)
-            step = torch.linalg.solve_ex(self._map_jacobian(params, x[rows]),
-                                         resid[rows].unsqueeze(2))[0].squeeze(2)
-            x = x.index_copy(0, rows, x[rows] - torch.where(torch.isfinite(step), step,
-                                                            torch.zeros_like(step)))
-            resid = self._map_residual(params, x, y)
-            bad = ~(resid.abs().amax(1) <= INVERT_TOL * scale)
-            if not bool(bad.any()):
-                break
-        return x, ~(resid.abs().amax(1) <= 1e3 * INVERT_TOL * scale)
-
-    @torch.no_grad()
-    def _pull_back(self, networks: list[Params], y: torch.Tensor, gen: torch.Generator
-                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
-        """Run the Euler maps backwards from ``y``: (x0, Σ log det, lost rows, folds).
-
-        A row is *lost* once one inversion does not converge (no preimage found):
-        its log-density is −∞, the returned law having no mass there.
-        """
-        logdet = torch.zeros(y.shape[0], dtype=y.dtype, device=y.device)
-        lost = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
-        folds = 0
-        x = y.clone()
-        for params in reversed(networks):
-            rows = (~lost).nonzero().squeeze(1)  # lost rows are not inverted further
-            if rows.numel() == 0:
-                break
-            after = x[rows]
-            before, unconverged = self._invert_step(params, after)
-            ok = ~unconverged & torch.isfinite(before).all(1)
-            step_logdet, fold = self._step_logdet(params, before[ok], after[ok], gen)
-            folds += fold
-            keep = rows[ok]
-            x[keep] = before[ok]
-            logdet[keep] = logdet[keep] + step_logdet
-            lost[rows[~ok]] = True
-        return x, logdet, lost, folds
-
-    def _step_logdet(self, params: Params, x: torch.Tensor, y: torch.Tensor,
-                     gen: torch.Generator) -> tuple[torch.Tensor, int]:
-        """log det of one map's Jacobian at ``x`` (its image ``y``) and the folds there.
-
-        Implicit drift: ∂y/∂x = (I + dt∇²Φ(y))⁻¹(I − (dt/β)∇s(x)), a difference
-        of two log-determinants.
-        """
-        if self.implicit:
-            hess_s = score_terms(params, x, hessian=True)[2]
-            score_part, fold_s = self._logdet_exact(-hess_s / self.beta)
-            drift_part, fold_d = self._logdet_exact(self._potential_hessian(y))
-            return score_part - drift_part, fold_s + fold_d
-        if self.exact:
-            return self._logdet_exact(self._jacobian(params, x)[1])
-        return self._logdet_hutchinson(params, x, gen), 0
-
     def _result(self, k: int, particles: torch.Tensor, info: dict) -> SolverResult:
         """The law after ``k`` steps: float64 copies of s_0..s_{k−1} behind draw / log_density."""
         networks = [detached(m, torch.float64) for m in self.networks[:k]]
@@ -1186,7 +473,8 @@ class Sbtm(Solver):
             for start in range(0, n, CHUNK):
                 chunk = points[start:start + CHUNK]
                 l0 = self._tensor(self.task.log_density_initial(chunk), torch.float64)
-                x, logp, folds = self._push(networks, self._tensor(chunk, torch.float64), l0, gen)
+                x, logp, folds = self.maps.push(networks, self._tensor(chunk, torch.float64),
+                                                l0, gen)
                 diagnostics["density_folds"] += folds
                 xs.append(x.cpu().numpy())
                 logps.append(logp.cpu().numpy())
@@ -1198,7 +486,7 @@ class Sbtm(Solver):
             gen = torch.Generator(device=self.device).manual_seed(LOG_DENSITY_PROBE_SEED)
             out = []
             for start in range(0, y.shape[0], CHUNK):
-                x0, logdet, lost, folds = self._pull_back(
+                x0, logdet, lost, folds = self.maps.pull_back(
                     networks, self._tensor(y[start:start + CHUNK], torch.float64), gen)
                 lost = lost.cpu().numpy()
                 diagnostics["unconverged_inversions"] += int(lost.sum())
@@ -1254,13 +542,13 @@ class Sbtm(Solver):
         x = self._tensor(self.task.sample_initial(n, self.check_rng), torch.float64)
         with torch.no_grad():
             for net in networks:
-                x = self._step(net, x)
+                x = self.maps.step(net, x)
         e = self._tensor(random_directions(n, self.dim, self.check_rng), torch.float64)
         h = 1e-4
 
         def log_rho(y: torch.Tensor) -> np.ndarray:
             gen = torch.Generator(device=self.device).manual_seed(LOG_DENSITY_PROBE_SEED)
-            x0, logdet, lost, _ = self._pull_back(networks, y, gen)
+            x0, logdet, lost, _ = self.maps.pull_back(networks, y, gen)
             with np.errstate(over="ignore", invalid="ignore"):
                 values = self.task.log_density_initial(x0.cpu().numpy()) - logdet.cpu().numpy()
             return np.where(lost.cpu().numpy(), np.nan, values)
@@ -1277,11 +565,11 @@ class Sbtm(Solver):
         """v_k = −∇Φ − β⁻¹ s_k at ``x (n, D)`` with the network of step k (float64, numpy)."""
         params = detached(self.networks[k], torch.float64)
         with torch.no_grad():
-            return self._velocity(params, self._tensor(x, torch.float64)).cpu().numpy()
+            return self.maps.velocity(params, self._tensor(x, torch.float64)).cpu().numpy()
 
     def pull_back(self, k: int, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Invert the first ``k`` Euler maps at ``y``: (x0, Σ log det) as numpy (float64)."""
         networks = [detached(m, torch.float64) for m in self.networks[:k]]
         gen = torch.Generator(device=self.device).manual_seed(LOG_DENSITY_PROBE_SEED)
-        x0, logdet, _, _ = self._pull_back(networks, self._tensor(y, torch.float64), gen)
+        x0, logdet, _, _ = self.maps.pull_back(networks, self._tensor(y, torch.float64), gen)
         return x0.cpu().numpy(), logdet.cpu().numpy()

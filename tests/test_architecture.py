@@ -36,13 +36,8 @@ LAYERS = ("cli", "analysis", "execution", "solvers", "metrics", "tasks", "numeri
 MAX_PACKAGE_SHARE = 0.35
 MAX_MODULE_LINES = 700
 
-_RUN_IDS = ("a run id hashes the source and the names of its solver's modules "
-            "(execution.registry.module_closure), so splitting or moving them makes every "
-            "committed run of the solver stale; to be split with the next rerun of its results")
 #: package or module (path relative to the root) -> why it may exceed its limit
 SIZE_EXCEPTIONS = {
-    "solvers/sbtm.py": _RUN_IDS,
-    "solvers/scvm.py": _RUN_IDS,
 }
 
 

@@ -7,10 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from solvers.base import RunContext
-from solvers.sbtm import (
+from numerics.score_net import (
     Adam,
-    Sbtm,
     fit_linear_part,
     fused_ism_applies,
     init_network,
@@ -19,6 +17,8 @@ from solvers.sbtm import (
     mlp_part,
     score_terms,
 )
+from solvers.base import RunContext
+from solvers.sbtm import Sbtm
 from tasks.base import gaussian_log_density
 from tasks.ou import OrnsteinUhlenbeck
 

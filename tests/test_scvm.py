@@ -7,9 +7,10 @@ import torch
 from scipy.stats import norm
 
 from solvers.base import RunContext
-from solvers.scvm import (DATA_TASK_MIN_ODE_STEPS, RK4_STEP_LAMBDA, OdeStats, Scvm,
-                          dopri5_path, drift_stiffness, ibp_loss, init_velocity_net,
-                          network_field, rk4_path, time_features, trajectory_at, velocity)
+from numerics.dopri5 import OdeStats, dopri5_path
+from numerics.velocity_net import (init_velocity_net, network_field, rk4_path, time_features,
+                                   trajectory_at, velocity)
+from solvers.scvm import DATA_TASK_MIN_ODE_STEPS, RK4_STEP_LAMBDA, Scvm, drift_stiffness, ibp_loss
 from tasks.bayesian_logreg import BayesianLogReg
 from tasks.filtering_1d import Filtering1D
 from tasks.ou import OrnsteinUhlenbeck

@@ -44,7 +44,7 @@ The assertions are the issue's targets (#36: SBTM ≥ 1.5×, SCVM ≥ 2×). Meas
 and 2.01× (D = 10) pass; SCVM 1.07× and 1.56× failed (RK4 training ODE).
 2026-12-05 (jax 0.10.2, diffrax 0.7.2; load 3.1–3.2, two runs): SCVM 2.05× / 2.05×
 at D = 2 and 3.76× / 3.70× at D = 10 pass, the previous RK4 path 0.90× and 2.82× in
-the same runs (solvers/scvm.py, "Speed"; the newer jax alone moved the authors'
+the same runs (numerics/velocity_net.py, "Speed"; the newer jax alone moved the authors'
 iteration from 57.8 to 44 ms at D = 2 and from 137.8 to 238 ms at D = 10). Under load
 5.5–6.8 the same day: SCVM 1.89× at D = 2 (3.69× at D = 10), SBTM 1.44× / 1.63×; a
 third run, load 4.1–4.2: SCVM 1.93× (fails; wall 2.05×) and 3.67×, SBTM 1.54× / 1.51×.
@@ -165,7 +165,7 @@ def _report(benchmark, what: str, medians: dict[str, tuple[float, ...]]) -> floa
         medians["cpu"], medians["wall"])
     ratio, ratio_wall = theirs / ours, theirs_wall / ours_wall
     load = os.getloadavg()[0]
-    # the authors' speed depends on the jax version (solvers/scvm.py, "Speed")
+    # the authors' speed depends on the jax version (numerics/velocity_net.py, "Speed")
     jax_version = importlib.metadata.version("jax")
     benchmark.extra_info.update({
         "jax": jax_version,
@@ -242,8 +242,9 @@ def _authors_modules(repo: str, *names: str) -> list[types.ModuleType]:
 # ------------------------------------------------------------------------------------ SBTM
 def sbtm_ours(dim: int) -> Callable[[], float]:
     """One optimiser step of the solver's training loop on its own particles."""
+    from numerics.score_net import Adam, mlp_part
     from solvers.base import RunContext
-    from solvers.sbtm import Adam, Sbtm, mlp_part
+    from solvers.sbtm import Sbtm
     from tasks.ou import OrnsteinUhlenbeck
 
     task = OrnsteinUhlenbeck(np.random.SeedSequence(TASK_SEED), dim=dim)
