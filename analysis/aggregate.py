@@ -346,7 +346,12 @@ def final_time_rows(frame: pd.DataFrame) -> pd.DataFrame:
     """Rows at each (task, group)'s ranking time: the latest evaluation time that every
     solver of that task configuration (replicates pooled) was run at — a solver evaluated
     at t = 0.5, 0.9 is ranked with one evaluated at 0.1 … 1.0, and a mixture at D = 32
-    (t = 7) is not held to the t = 4 of D = 12; the group's last time if they share none."""
+    (t = 7) is not held to the t = 4 of D = 12; the group's last time if they share none.
+
+    A solver configuration with no row at that time but failed runs (a grid block that
+    asked it for an earlier horizon only, and it failed there) keeps its failed rows, one
+    per run: a failure is shown and ranked wherever its configuration is, never dropped
+    for its time."""
     if frame.empty:
         return frame
     groups = frame["group"] if "group" in frame else group_labels(frame)
@@ -354,7 +359,22 @@ def final_time_rows(frame: pd.DataFrame) -> pd.DataFrame:
     for _, part in frame.groupby([frame["task"], groups], sort=False):
         common = set.intersection(*(set(g["t"]) for _, g in part.groupby("solver")))
         chosen[part.index] = max(common) if common else part["t"].max()
-    return frame[frame["t"] == chosen]
+    keep = (frame["t"] == chosen).to_numpy().copy()
+    if "status" not in frame:
+        return frame[keep]
+    config = frame["solver_config"].astype(str) if "solver_config" in frame \
+        else pd.Series("", index=frame.index)
+    configuration = pd.MultiIndex.from_arrays([frame["task"], groups, frame["solver"], config])
+    present = pd.Series(keep).groupby(configuration.to_flat_index(),
+                                      sort=False).transform("any").to_numpy()
+    failed = frame["status"].isin(FAILED_STATUSES).to_numpy() & ~present
+    runs = frame["run_id"].to_numpy() if "run_id" in frame else np.arange(len(frame))
+    seen = set()
+    for position in np.flatnonzero(failed)[::-1]:  # the last row of each failed run
+        if runs[position] not in seen:
+            seen.add(runs[position])
+            keep[position] = True
+    return frame[keep]
 
 
 def natural_key(text: str) -> list:

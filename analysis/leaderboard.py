@@ -19,7 +19,10 @@ and adds each difference's Monte Carlo noise, so a single replicate is
 judged on its standard errors and many replicates on their consistency. No
 entry is clearly better than one that is within noise of the metric's lower
 bound (the value the exact law attains, 0 for a divergence): the oracle, at
-its floor, can tie but never lose. Infinite values rank behind every finite
+its floor, can tie but never lose. Where a metric is biased up by sample size
+(a covariance error, a particle set's energy), an entry's floor is the exact
+law's score with as many draws (its ``*_floor``), capped at the oracle's:
+more draws than the oracle do not beat it, fewer earn no credit. Infinite values rank behind every finite
 one. Entries whose runs all failed are listed with their status, unranked.
 
 Ties are broken by the task's other ranking metrics, in the task's order,
@@ -52,6 +55,8 @@ from execution import store
 RANK_LEVEL = 0.99
 #: level of the interval shown beside each median
 SHOW_LEVEL = 0.9
+#: the solver whose runs are draws of the reference law itself
+ORACLE = "exact"
 Z_FLOOR = 2.576  # within this many standard errors of the lower bound = at the floor
 
 
@@ -106,13 +111,27 @@ def at_floor(entry: pd.DataFrame, lower_bound: float | None, lower_is_better: bo
     The entry's whole interval must be: the upper end of its 90 % interval of
     the median (replicate spread and Monte Carlo error) may exceed the bound
     by at most :data:`Z_FLOOR` typical standard errors. A wide spread of
-    seeds that merely *touches* the floor does not tie it.
+    seeds that merely *touches* the floor does not tie it. Where the entry
+    carries a ``floor`` column (the metric's ``*_floor``: the exact law's
+    score at the runs' own sample size, capped at the oracle's by
+    :func:`_cap_floors`) on every replicate, the bound is the median of it
+    when higher: a metric biased up by sampling floors each sample size at
+    its own value, so the oracle with 8192 draws is not beaten by a particle
+    set of 10⁴ merely for having fewer draws, while a set of 10³ is held to
+    the oracle's floor.
     """
     if lower_bound is None or not lower_is_better or entry.empty:
         return False
     values, se = entry["value"].to_numpy(float), entry["se"].to_numpy(float)
     if not np.isfinite(values).all():
         return False
+    if "floor" in entry:
+        # a sample-size floor (what the exact law scores with as many draws as the
+        # entry's runs: a relative covariance error of N exact draws is ~sqrt(D/N))
+        # is the best value these runs could attain, so it is their bound
+        floor = entry["floor"].to_numpy(float)
+        if np.isfinite(floor).all():
+            lower_bound = max(lower_bound, float(np.median(floor)))
     _, high = aggregate.bootstrap_median_interval(values, se, SHOW_LEVEL,
                                                   lower_bound=lower_bound)
     noise = float(np.median(np.where(np.isnan(se), 0.0, se)))
@@ -321,6 +340,28 @@ def _applies(part: pd.DataFrame, metric: str) -> bool:
     return bool((aggregate.invalid_reasons(part, metric) != "").any())
 
 
+def _cap_floors(entries: dict[str, pd.DataFrame], oracles: set[str]) -> None:
+    """Cap each entry's sample-size floors at the oracle's, in place; none without an oracle.
+
+    An entry with more draws than the oracle has a lower floor than it, and
+    keeps it (the oracle is not beaten for having fewer draws); one with fewer
+    is held to the oracle's floor (it gets no credit for its small size).
+    """
+    floors = [float(np.median(entries[o]["floor"])) for o in oracles if o in entries
+              and np.isfinite(entries[o]["floor"].to_numpy(float)).all()]
+    for label, entry in entries.items():
+        entries[label] = entry.assign(floor=np.minimum(entry["floor"].to_numpy(float),
+                                                       min(floors)) if floors else np.nan)
+
+
+def _floors(runs: pd.DataFrame, metric: str | None, index: pd.Index) -> np.ndarray:
+    """Each run's sample-size floor of ``metric`` (``<metric>_floor``), NaN where none."""
+    column = f"{metric}_floor"
+    if metric is None or column not in runs:
+        return np.full(len(index), np.nan)
+    return pd.to_numeric(runs[column], errors="coerce").reindex(index).to_numpy(float)
+
+
 def _valid_entry(runs: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     """An entry's valid values of ``metric`` (∞ included) by replicate, for breaking ties.
 
@@ -338,7 +379,8 @@ def _valid_entry(runs: pd.DataFrame, metric: str) -> pd.DataFrame | None:
     se = pd.to_numeric(ok[f"{metric}_se"], errors="coerce") if f"{metric}_se" in ok \
         else pd.Series(np.nan, index=ok.index)
     entry = pd.DataFrame({"value": values[keep].to_numpy(float),
-                          "se": se[keep].to_numpy(float)},
+                          "se": se[keep].to_numpy(float),
+                          "floor": _floors(ok, metric, ok.index[keep])},
                          index=pd.Index(ok.loc[keep, "replicate"].to_numpy()))
     return entry[~entry.index.duplicated(keep="first")]
 
@@ -374,7 +416,8 @@ def _table(task: str, group: str, part: pd.DataFrame, metric: str | None,
         scored_se = pd.concat([se.reindex(values.index).where(~bad, 0.0),
                                pd.Series(0.0, index=failed_runs.index)]).reindex(scored.index)
         replicate = pd.concat([ok["replicate"], failed_runs["replicate"]]).reindex(scored.index)
-        entry = pd.DataFrame({"value": scored.to_numpy(float), "se": scored_se.to_numpy(float)},
+        entry = pd.DataFrame({"value": scored.to_numpy(float), "se": scored_se.to_numpy(float),
+                              "floor": _floors(runs, metric, scored.index)},
                              index=pd.Index(replicate.to_numpy()))
         entry = entry[~entry.index.duplicated(keep="first")]
         low, high = aggregate.bootstrap_median_interval(
@@ -403,6 +446,10 @@ def _table(task: str, group: str, part: pd.DataFrame, metric: str | None,
                 valid = _valid_entry(runs, criterion.metric)
                 if valid is not None:
                     criterion.entries[label] = valid
+    oracles = set(part.loc[part["solver"] == ORACLE, "label"])
+    _cap_floors(entries, oracles)
+    for criterion in criteria:
+        _cap_floors(criterion.entries, oracles)
     ranks, ties = rank_with_reasons(entries, lower, bound, tuple(criteria), metric or "") \
         if entries else ({}, {})
     for record in records:
@@ -503,7 +550,9 @@ RULE = ("Rank = 1 + the number of entries that are clearly better: over the repl
         "(seeds, data splits) two entries share, the 99 % interval of the median paired "
         "difference, with each run's Monte Carlo error, lies entirely on one side. Entries "
         "within noise of the metric's lower bound (0 for a divergence, where the exact law "
-        "sits) cannot be beaten; ∞ ranks last and counts as a failure. Two entries the "
+        "sits) cannot be beaten; on a metric biased up by sample size (a covariance "
+        "error, a particle set's energy) the floor is the exact law's score with as many "
+        "draws, capped at the oracle's. ∞ ranks last and counts as a failure. Two entries the "
         "table's metric leaves tied are compared, by the same test and floor rule, on the "
         "task's other ranking metrics in order (the energy table on Monte Carlo SymKL, the "
         "SymKL table on energy): the first that separates them decides, and an entry without "

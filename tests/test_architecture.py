@@ -312,7 +312,7 @@ def test_the_committed_results_csv_is_reproduced_byte_for_byte(tmp_path, name):
 def test_the_committed_leaderboard_and_every_results_csv_are_reproduced(tmp_path):
     from analysis.leaderboard import write_leaderboard
 
-    names = ("standard", "large", "study", "nongaussian")
+    names = ("standard", "large", "study", "nongaussian", "beyond")
     for name in names:
         out = _exported(ROOT / "results" / name, tmp_path)
         assert (out / "results.csv").read_bytes() == \

@@ -151,3 +151,24 @@ def test_the_committed_leaderboard_has_no_large_all_tied_table():
     assert not all_tied, all_tied
     ranked = [r for ranks in tables.values() for r in ranks]
     assert sum(r == 1 for r in ranked) / len(ranked) < 0.40
+
+
+def _with_floor(rows: list[dict], values: list[float], se: float, floor: float) -> list[dict]:
+    """Rows whose energy is biased up by sampling, to ``floor`` for exact draws of their size."""
+    return [dict(r, energy=v, energy_se=se, energy_floor=floor) for r, v in zip(rows, values)]
+
+
+def test_sample_size_floors_keep_the_oracle_first_and_give_small_sets_no_credit():
+    # the exact law with fewer draws (floor 0.061) than a big particle set (floor 0.0552):
+    # on raw values the big set is "clearly better", only because it has more draws
+    oracle = _with_floor(ORACLE, [0.0625, 0.0630, 0.0596], 0.0028, 0.061)
+    big = _with_floor(PARTICLES, [0.0557, 0.0561, 0.0541], 0.0, 0.0552)
+    # a small set, at its own (higher) floor: no better than the oracle's draws
+    small = _with_floor(_rows("small", [0, 0, 0], None), [0.170, 0.172, 0.169], 0.0, 0.170)
+    energy = _board(oracle, big, small)["energy"]
+    assert energy.loc["exact", "rank"] == 1 and energy.loc["particles", "rank"] == 1
+    assert "within noise of the floor" in energy.loc["exact", "note"]
+    assert energy.loc["small", "rank"] == 3
+    # without the oracle's floor in the table the metric's own bound (0) holds: raw values rank
+    alone = _board(big, small)["energy"]
+    assert alone["rank"].to_dict() == {"particles": 1, "small": 2}

@@ -117,6 +117,21 @@ def test_ranking_time_is_the_latest_time_every_solver_has():
     assert set(ranked.loc[ranked["task"] == "ou", "t"]) == {0.9}
 
 
+def test_a_configuration_that_failed_before_the_ranking_time_is_kept_as_its_failure():
+    from analysis.aggregate import final_time_rows
+
+    # "short" was asked for t = 0.5 only and failed there; "crash" has no row at 1.0 either
+    frame = pd.DataFrame({
+        "task": "ou", "run_id": ["a", "a", "b", "c", "d", "d"],
+        "solver": ["em", "em", "em", "em", "icnn", "icnn"],
+        "solver_config": ["N=10", "N=10", "short", "ok-short", "", ""],
+        "status": ["ok", "ok", "error", "ok", "ok", "ok"],
+        "t": [0.5, 1.0, 0.5, 0.5, 0.5, 1.0]})
+    ranked = final_time_rows(frame)
+    assert sorted(ranked["run_id"]) == ["a", "b", "d"]  # an ok run at 0.5 only stays out
+    assert ranked.set_index("run_id").loc["b", "status"] == "error"
+
+
 def test_blr_table_gives_median_and_range_per_protocol(tmp_path):
     from analysis.document import Document as _Document
     from analysis.report import _blr_section
