@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
     out.add_argument("--no-report", action="store_true", help="do not write the report")
     out.add_argument("--dry-run", action="store_true",
                      help="print the runs per solver and the estimated time (and its basis), "
-                          "run nothing")
+                          "run nothing; with the --out of an earlier run, only what is left")
     out.add_argument("--verbose", "-v", action="store_true",
                      help="with --dry-run, also list every run (id, task, solver, seed, times)")
     out.add_argument("--yes", "-y", action="store_true",

@@ -184,6 +184,12 @@ def cmd_run(args) -> int:
     if not args.dry_run and config.backend == "loky" and config.n_jobs == 1:
         # imports overlap what follows; BLAS in the server is sized for the runs' threads
         parallel.warm_up(parallel.preload_modules(specs), n_threads=config.n_threads or 1)
+    if args.dry_run and args.out and store.runs_dir(Path(args.out)).is_dir():
+        # a resumed grid: what is left to run is the answer, not the whole grid
+        left, _ = parallel.pending(specs, Path(args.out), config.retry_failed)
+        print(f"gfbench: {len(specs)} runs, {len(specs) - len(left)} already done in "
+              f"{args.out}; {len(left)} to run (estimated below)")
+        specs = left
     estimate = estimate_specs(specs)
     if args.dry_run:
         # the answer first (runs and time per solver, on what basis); the list on request

@@ -92,6 +92,21 @@ def test_dry_run_lists_runs_without_writing(gfbench, tmp_path):
         and not (tmp_path / "d").exists()
 
 
+def test_dry_run_on_a_resumed_grid_counts_what_is_done_and_estimates_the_rest(gfbench,
+                                                                               tmp_path):
+    grid = ["--task", "ou", "-P", "ou.dim=1", "--times", "0.1", "--solver", "exact",
+            "-P", "exact.n_samples=256", "--metrics", "energy", "--quiet", "--no-report",
+            "--out", tmp_path / "r"]
+    assert gfbench("run", *grid, "--seeds", "1")[0] == 0
+    before = sorted(store.runs_dir(tmp_path / "r").iterdir())
+    code, stdout, _ = gfbench("run", *grid, "--seeds", "3", "--dry-run")
+    lines = stdout.strip().splitlines()
+    assert code == 0
+    assert f"gfbench: 3 runs, 1 already done in {tmp_path / 'r'}; 2 to run" in lines[0]
+    assert lines[-1].startswith("2 runs, estimated wall time")
+    assert sorted(store.runs_dir(tmp_path / "r").iterdir()) == before
+
+
 def test_list_names_tasks_solvers_and_metrics(gfbench):
     code, stdout, _ = gfbench("list")
     assert code == 0
