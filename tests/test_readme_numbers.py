@@ -1,0 +1,46 @@
+"""The README's statements about the committed results match the committed files.
+
+Committed results are regenerated over several sessions; a README line that counts
+runs or leaderboard entries goes stale silently. Each check reads the figure from
+the README's own text and recomputes it from ``results/``.
+"""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+README = (ROOT / "README.md").read_text(encoding="utf-8")
+
+
+def _statuses(name: str) -> dict[str, int]:
+    """Runs per status of a committed results directory (one status per run id)."""
+    frame = pd.read_csv(ROOT / "results" / name / "results.csv", usecols=["run_id", "status"],
+                        low_memory=False)
+    return frame.drop_duplicates("run_id")["status"].value_counts().to_dict()
+
+
+@pytest.mark.parametrize("name", ["beyond", "nongaussian"])
+def test_the_run_counts_the_readme_states_are_the_committed_ones(name):
+    found = re.search(rf"`results/{name}/` — the `{name}` profile, \*\*complete\*\* "
+                      r"\((\d+) runs: (\d+) ok, (\d+)\s+skipped", README)
+    assert found, f"the README's line for results/{name} is not where this test reads it"
+    total, ok, skipped = map(int, found.groups())
+    statuses = _statuses(name)
+    assert sum(statuses.values()) == total
+    assert statuses.get("ok", 0) == ok and statuses.get("skipped", 0) == skipped
+
+
+def test_the_rank_one_share_the_readme_states_is_the_committed_leaderboards():
+    found = re.search(r"(\d+) % \((\d+) of (\d+); (\d+) %,\s+(\d+) of (\d+), without the "
+                      r"oracle", README)
+    assert found, "the README's rank-1 share is not where this test reads it"
+    share, first, entries, share_wo, first_wo, entries_wo = map(int, found.groups())
+    board = pd.read_csv(ROOT / "results" / "leaderboard.csv")
+    others = board[board["solver"] != "exact"]
+    assert (len(board), int((board["rank"] == 1).sum())) == (entries, first)
+    assert (len(others), int((others["rank"] == 1).sum())) == (entries_wo, first_wo)
+    assert round(100 * first / entries) == share and round(100 * first_wo / entries_wo) == share_wo
