@@ -369,11 +369,8 @@ def final_time_rows(frame: pd.DataFrame) -> pd.DataFrame:
                                       sort=False).transform("any").to_numpy()
     failed = frame["status"].isin(FAILED_STATUSES).to_numpy() & ~present
     runs = frame["run_id"].to_numpy() if "run_id" in frame else np.arange(len(frame))
-    seen = set()
-    for position in np.flatnonzero(failed)[::-1]:  # the last row of each failed run
-        if runs[position] not in seen:
-            seen.add(runs[position])
-            keep[position] = True
+    rows = np.flatnonzero(failed)
+    keep[rows[~pd.Series(runs[rows]).duplicated(keep="last").to_numpy()]] = True  # last row a run
     return frame[keep]
 
 

@@ -22,8 +22,8 @@ bound (the value the exact law attains, 0 for a divergence): the oracle, at
 its floor, can tie but never lose. Where a metric is biased up by sample size
 (a covariance error, a particle set's energy), an entry's floor is the exact
 law's score with as many draws (its ``*_floor``), capped at the oracle's:
-more draws than the oracle do not beat it, fewer earn no credit. Infinite values rank behind every finite
-one. Entries whose runs all failed are listed with their status, unranked.
+more draws than the oracle do not beat it, fewer earn no credit. Infinite
+values rank behind every finite one. Entries whose runs all failed are listed with their status, unranked.
 
 Ties are broken by the task's other ranking metrics, in the task's order,
 and only by evidence: two entries that the table's metric cannot separate
