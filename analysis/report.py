@@ -271,7 +271,7 @@ def _winners(part: pd.DataFrame) -> str:
             lines.append(f"{group}: {', '.join(first)}")
     text = "Rank 1 — " + "; ".join(lines) + "." if lines else "No ranked entry."
     n_tables = part["group"].nunique()
-    ranked = part[part["solver"] != "exact"].dropna(subset=["rank"])
+    ranked = part[part["solver"] != leaderboard.ORACLE].dropna(subset=["rank"])
     if ranked.empty:
         return text
     stats = ranked.groupby("solver").agg(mean=("rank", "mean"), tables=("group", "nunique"),
