@@ -348,10 +348,11 @@ def final_time_rows(frame: pd.DataFrame) -> pd.DataFrame:
     at t = 0.5, 0.9 is ranked with one evaluated at 0.1 … 1.0, and a mixture at D = 32
     (t = 7) is not held to the t = 4 of D = 12; the group's last time if they share none.
 
-    A solver configuration with no row at that time but failed runs (a grid block that
-    asked it for an earlier horizon only, and it failed there) keeps its failed rows, one
-    per run: a failure is shown and ranked wherever its configuration is, never dropped
-    for its time."""
+    A solver configuration with no row at that time whose runs all failed (a grid block
+    that asked it for an earlier horizon only, and it failed there) keeps each run's last
+    failed row: a failure is shown and ranked wherever its configuration is, never
+    dropped for its time. One with an ok run there was not judged at this time and stays
+    out, as any configuration run to an earlier horizon does."""
     if frame.empty:
         return frame
     groups = frame["group"] if "group" in frame else group_labels(frame)
@@ -364,13 +365,17 @@ def final_time_rows(frame: pd.DataFrame) -> pd.DataFrame:
         return frame[keep]
     config = frame["solver_config"].astype(str) if "solver_config" in frame \
         else pd.Series("", index=frame.index)
-    configuration = pd.MultiIndex.from_arrays([frame["task"], groups, frame["solver"], config])
-    present = pd.Series(keep).groupby(configuration.to_flat_index(),
-                                      sort=False).transform("any").to_numpy()
-    failed = frame["status"].isin(FAILED_STATUSES).to_numpy() & ~present
+    configuration = pd.MultiIndex.from_arrays([frame["task"], groups, frame["solver"],
+                                               config]).to_flat_index()
+    failed = frame["status"].isin(FAILED_STATUSES).to_numpy()
+    by_configuration = pd.DataFrame({"present": keep, "ok": ~failed}).groupby(
+        configuration, sort=False).transform("any")
+    rows = np.flatnonzero(failed & ~by_configuration["present"].to_numpy()
+                          & ~by_configuration["ok"].to_numpy())
     runs = frame["run_id"].to_numpy() if "run_id" in frame else np.arange(len(frame))
-    rows = np.flatnonzero(failed)
-    keep[rows[~pd.Series(runs[rows]).duplicated(keep="last").to_numpy()]] = True  # last row a run
+    last = (pd.DataFrame({"run": runs[rows], "t": frame["t"].to_numpy()[rows]}, index=rows)
+            .sort_values("t", kind="stable").drop_duplicates("run", keep="last").index)
+    keep[last.to_numpy()] = True  # each run's latest failed row, whatever the row order
     return frame[keep]
 
 

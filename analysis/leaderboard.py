@@ -23,7 +23,8 @@ its floor, can tie but never lose. Where a metric is biased up by sample size
 (a covariance error, a particle set's energy), an entry's floor is the exact
 law's score with as many draws (its ``*_floor``), capped at the oracle's:
 more draws than the oracle do not beat it, fewer earn no credit. Infinite
-values rank behind every finite one. Entries whose runs all failed are listed with their status, unranked.
+values rank behind every finite one, and entries whose runs all failed
+rank last, with their status.
 
 Ties are broken by the task's other ranking metrics, in the task's order,
 and only by evidence: two entries that the table's metric cannot separate

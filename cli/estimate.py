@@ -140,6 +140,8 @@ class Estimate:
         files : list of Path, optional
             The timings files the estimate rests on (default: the committed ones).
         """
+        if not self.runs:
+            return ["nothing to run: every run of this grid is done"]
         out = []
         for solver, (runs, seconds, unknown) in sorted(self.per_solver.items()):
             known = f"{format_duration(seconds)} of compute" if runs > unknown else ""
@@ -164,6 +166,8 @@ class Estimate:
 
     def summary(self, n_jobs: int) -> str:
         """``~2 h 10 min at -j 2 (12 runs of unknown time)``."""
+        if not self.runs:
+            return "nothing to run"
         if self.unknown == self.runs:
             return "time unknown (no committed timings)"
         text = f"~{format_duration(self.wall(n_jobs))} at -j {n_jobs}"

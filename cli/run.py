@@ -184,30 +184,28 @@ def cmd_run(args) -> int:
     if not args.dry_run and config.backend == "loky" and config.n_jobs == 1:
         # imports overlap what follows; BLAS in the server is sized for the runs' threads
         parallel.warm_up(parallel.preload_modules(specs), n_threads=config.n_threads or 1)
-    if args.dry_run and args.out and store.runs_dir(Path(args.out)).is_dir():
-        # a resumed grid: what is left to run is the answer, not the whole grid
-        left, _ = parallel.pending(specs, Path(args.out), config.retry_failed)
-        print(f"gfbench: {len(specs)} runs, {len(specs) - len(left)} already done in "
-              f"{args.out}; {len(left)} to run (estimated below)")
-        specs = left
-    estimate = estimate_specs(specs)
+    out = Path(args.out or DEFAULT_OUT)
+    todo, corrupt = (parallel.pending(specs, out, config.retry_failed)
+                     if store.runs_dir(out).is_dir() else (specs, []))
+    # a resumed grid: what is left is the answer (and what a long grid asks about)
+    estimate = estimate_specs(todo)
     if args.dry_run:
+        if len(todo) < len(specs):
+            print(f"gfbench: {len(specs)} runs, {len(specs) - len(todo)} already done in "
+                  f"{out}; {len(todo)} to run (estimated below)")
         # the answer first (runs and time per solver, on what basis); the list on request
         print("\n".join(estimate.lines(config.n_jobs, n_threads=config.n_threads or 1)))
-        if args.verbose and len(specs) <= 10_000:
-            for spec in specs:
+        if args.verbose and len(todo) <= 10_000:
+            for spec in todo:
                 print(spec["run_id"], spec["task"], spec["task_params"], spec["solver"],
                       spec["solver_params"], "seed", spec["seed"], "t", spec["times"])
         return EXIT_OK
-    out = Path(args.out or DEFAULT_OUT)
     check_writable(out, RESULT_FILES)
     if config.backend == "dask" and config.scheduler:
         _check_scheduler(config.scheduler)
     _confirm_long_grid(estimate, config.n_jobs, args.yes)
     store.runs_dir(out).mkdir(parents=True, exist_ok=True)
     store.clean_stale_temp(out)
-
-    todo, corrupt = parallel.pending(specs, out, config.retry_failed)
     for path in corrupt:
         print(f"gfbench: warning: corrupt run file {path} will be redone", file=sys.stderr)
     n_jobs, why = resources.cap_jobs(config.n_jobs, len(todo), config.max_memory) \
@@ -233,7 +231,7 @@ def cmd_run(args) -> int:
                        "(rerun the same command to resume)") from None
     ids = {s["run_id"] for s in specs}
     selected = frame[frame["run_id"].isin(ids)] if not frame.empty else frame
-    statuses = selected.groupby("run_id")["status"].agg(lambda s: _worst(set(s))) \
+    statuses = selected.groupby("run_id")["status"].agg(lambda s: store.worst_status(set(s))) \
         if not selected.empty else None
     status_counts = statuses.value_counts().to_dict() if statuses is not None else {}
     missing = len(ids) - (len(statuses) if statuses is not None else 0)
@@ -264,9 +262,3 @@ def _cuda_count() -> int:
 
     return torch.cuda.device_count()
 
-
-def _worst(statuses: set[str]) -> str:
-    for status in ("error", "timeout", "oom", "diverged"):
-        if status in statuses:
-            return status
-    return "skipped" if statuses == {"skipped"} else "ok"

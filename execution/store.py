@@ -218,7 +218,11 @@ def scan(out: Path) -> tuple[dict[str, dict], list[Path]]:
 
 def run_status(payload: dict) -> str:
     """One status for a whole run: the worst of its rows."""
-    statuses = {row["status"] for row in payload["rows"]}
+    return worst_status({row["status"] for row in payload["rows"]})
+
+
+def worst_status(statuses: set[str]) -> str:
+    """The worst of a run's row statuses: a failure, else ``skipped`` if all were, else ok."""
     for status in ("error", "timeout", "oom", "diverged"):
         if status in statuses:
             return status

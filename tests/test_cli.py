@@ -105,6 +105,10 @@ def test_dry_run_on_a_resumed_grid_counts_what_is_done_and_estimates_the_rest(gf
     assert f"gfbench: 3 runs, 1 already done in {tmp_path / 'r'}; 2 to run" in lines[0]
     assert lines[-1].startswith("2 runs, estimated wall time")
     assert sorted(store.runs_dir(tmp_path / "r").iterdir()) == before
+    # a finished grid says so (it was once "0 runs, estimated wall time unknown")
+    code, stdout, _ = gfbench("run", *grid, "--seeds", "1", "--dry-run")
+    assert code == 0 and stdout.strip().splitlines()[-1] == \
+        "nothing to run: every run of this grid is done"
 
 
 def test_list_names_tasks_solvers_and_metrics(gfbench):

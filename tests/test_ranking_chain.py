@@ -165,6 +165,10 @@ def test_sample_size_floors_keep_the_oracle_first_and_give_small_sets_no_credit(
     big = _with_floor(PARTICLES, [0.0557, 0.0561, 0.0541], 0.0, 0.0552)
     # a small set, at its own (higher) floor: no better than the oracle's draws
     small = _with_floor(_rows("small", [0, 0, 0], None), [0.170, 0.172, 0.169], 0.0, 0.170)
+    # the premise: without the floors the big set's extra draws make it clearly better
+    bare = [[{k: v for k, v in r.items() if k != "energy_floor"} for r in rows]
+            for rows in (oracle, big)]
+    assert _board(*bare)["energy"]["rank"].to_dict() == {"exact": 2, "particles": 1}
     energy = _board(oracle, big, small)["energy"]
     assert energy.loc["exact", "rank"] == 1 and energy.loc["particles", "rank"] == 1
     assert "within noise of the floor" in energy.loc["exact", "note"]

@@ -132,6 +132,22 @@ def test_a_configuration_that_failed_before_the_ranking_time_is_kept_as_its_fail
     assert ranked.set_index("run_id").loc["b", "status"] == "error"
 
 
+def test_a_failed_run_is_kept_once_at_its_latest_row_and_only_if_its_configuration_never_ran_ok():
+    from analysis.aggregate import final_time_rows
+
+    # "crash" failed at 0.5 after an ok 0.1, rows out of order; "mixed" ran ok on one
+    # seed and failed on another, both to 0.5 only: not judged at 1.0, not a failure
+    frame = pd.DataFrame({
+        "task": "ou", "run_id": ["a", "c", "c", "m1", "m2"],
+        "solver": ["em", "icnn", "icnn", "scvm", "scvm"],
+        "solver_config": ["", "crash", "crash", "mixed", "mixed"],
+        "status": ["ok", "diverged", "diverged", "ok", "error"],
+        "t": [1.0, 0.5, 0.1, 0.5, 0.5]})
+    ranked = final_time_rows(frame)
+    assert sorted(ranked["run_id"]) == ["a", "c"]
+    assert ranked.set_index("run_id").loc["c", "t"] == 0.5
+
+
 def test_blr_table_gives_median_and_range_per_protocol(tmp_path):
     from analysis.document import Document as _Document
     from analysis.report import _blr_section
