@@ -108,10 +108,14 @@ def cmd_prune(args) -> int:
     _, generations = store.split_generations(valid)
     stale = {run_id: "older code generation of a rerun experiment" for run_id in generations}
     if args.profile:
-        keep = {spec["run_id"] for name in args.profile
+        # matched by experiment, not run id: a run of older code whose configuration the
+        # profile still produces is a result not yet rerun, not a leftover to delete
+        keep = {store.replicate_key(spec) for name in args.profile
                 for spec in expand(to_config(read_profile(name)))}
         stale.update({run_id: f"in no grid of {', '.join(args.profile)}"
-                      for run_id in valid if run_id not in keep and run_id not in stale})
+                      for run_id, payload in valid.items()
+                      if store.replicate_key(payload["spec"]) not in keep
+                      and run_id not in stale})
     # only files that parse as gfbench run files are ever touched: a user's notes.json,
     # a corrupt file or a directory in runs/ is left alone
     for run_id, why in sorted(stale.items()):

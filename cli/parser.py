@@ -151,8 +151,11 @@ def build_parser() -> argparse.ArgumentParser:
                                        "followed by a rerun leaves the older generation's run "
                                        "files beside the new ones (readers already ignore "
                                        "them); list or delete them, and with --profile also "
-                                       "the runs no given profile produces any more. Only "
-                                       "files that parse as run files are touched.",
+                                       "the runs of experiments (task and solver "
+                                       "configuration, seed) no given profile produces any "
+                                       "more; a run of older code that a profile still "
+                                       "produces is kept until it is rerun. Only files that "
+                                       "parse as run files are touched.",
                            epilog="example:\n  gfbench prune results/standard --profile "
                                   "standard --profile blr --delete")
     prune.add_argument("results", help="results directory")

@@ -137,3 +137,30 @@ def test_runs_finished_in_one_second_are_ordered_by_when_their_files_were_writte
     payloads = {old_id: payload(old_id, "old", 1_000), new_id: payload(new_id, "new", 2_000)}
     current, stale = store.split_generations(payloads)
     assert list(current) == [new_id] and list(stale) == [old_id]
+
+
+def test_prune_with_a_profile_keeps_a_run_not_yet_rerun_at_new_code(gfbench, plugin_dir):
+    """An edit without a rerun leaves results of older code whose experiment the profile still
+    produces: ``prune --profile`` keeps them (they are the only numbers there are), and lists
+    only the experiments the profile no longer has."""
+    path, module, helper = plugin_dir
+    out = path / "results"
+    profile = path / "p.toml"
+    profile.write_text(f'[run]\nseeds = 1\nmetrics = ["energy"]\n[tasks."{module}:Shifted"]\n'
+                       f'dim = [1]\ntimes = [0.2]\n[solvers.exact]\nn_samples = [256]\n')
+    _reset_hashes()
+    assert gfbench("run", "--profile", profile, "--quiet", "--no-report", "--out", out)[0] == 0
+    # an experiment the profile does not produce (another sample size)
+    assert gfbench("run", "--task", f"{module}:Shifted", "-P", f"{module}:Shifted.dim=1",
+                   "--times", "0.2", "--seeds", "1", "--solver", "exact",
+                   "-P", "exact.n_samples=128", "--metrics", "energy", "--quiet", "--no-report",
+                   "--out", out)[0] == 0
+    (path / f"{helper}.py").write_text("SHIFT = 0.25\n")  # new run ids, nothing rerun
+    _reset_hashes()
+    sys.modules.pop(helper, None)
+    sys.modules.pop(module, None)
+    code, stdout, stderr = gfbench("prune", out, "--profile", profile, "--delete")
+    assert code == 0, stderr
+    assert "1 of 2 run files are stale" in stderr and stdout.count("in no grid") == 1
+    frame = store.load(out)
+    assert list(frame["solver.n_samples"]) == [256]
