@@ -59,6 +59,8 @@ SHOW_LEVEL = 0.9
 #: the solver whose runs are draws of the reference law itself
 ORACLE = "exact"
 Z_FLOOR = 2.576  # within this many standard errors of the lower bound = at the floor
+#: the note of an entry alone in its table
+SOLE_ENTRY = "sole entry: nothing ranked against it, not counted as a win"
 
 
 def ranking_metrics(task: str, frame: pd.DataFrame, override: str | None = None) -> list[str]:
@@ -302,7 +304,8 @@ def build_leaderboard(frame: pd.DataFrame, metric: str | None = None) -> pd.Data
 
     Columns: task, metric, group, t, rank, solver, median, ci_low, ci_high,
     n_runs, n_inf, n_failed, failed (n_failed + n_inf), time_run_median,
-    status, note, lower_is_better.
+    status, note, lower_is_better, entries (how many solver configurations
+    the table holds: rank 1 of 1 is not a win).
     """
     if frame.empty:
         return pd.DataFrame()
@@ -455,8 +458,12 @@ def _table(task: str, group: str, part: pd.DataFrame, metric: str | None,
         if entries else ({}, {})
     for record in records:
         record["rank"] = ranks.get(record["solver"], np.nan)
+        record["entries"] = len(records)
         if record["solver"] in ties:
             record["note"] = "; ".join(filter(None, [record["note"], ties[record["solver"]]]))
+        if len(records) == 1:
+            # rank 1 of 1 compared nothing: it is not a win (matrix, summary and report say so)
+            record["note"] = "; ".join(filter(None, [record["note"], SOLE_ENTRY]))
     return records
 
 
@@ -485,14 +492,19 @@ def _note(n_valid: int, n_inf: int, n_nan: int, runs: pd.DataFrame, metric: str 
     return "; ".join(notes)
 
 
+def wins(rows: pd.DataFrame) -> pd.Series:
+    """Whether each entry won its table: rank 1 among at least two entries."""
+    contested = rows["entries"] > 1 if "entries" in rows else True
+    return (rows["rank"] == 1) & contested
+
+
 def summary(board: pd.DataFrame) -> pd.DataFrame:
-    """Per (task, metric, solver): tables entered, wins (rank 1) and mean rank."""
+    """Per (task, metric, solver): tables entered, wins (rank 1 against someone) and mean rank."""
     ranked = board.dropna(subset=["rank"])
     if ranked.empty:
         return pd.DataFrame(columns=["task", "metric", "solver", "tables", "wins", "mean_rank"])
-    out = ranked.groupby(["task", "metric", "solver"], sort=True).agg(
-        tables=("rank", "size"), wins=("rank", lambda r: int((r == 1).sum())),
-        mean_rank=("rank", "mean")).reset_index()
+    out = ranked.assign(_win=wins(ranked)).groupby(["task", "metric", "solver"], sort=True).agg(
+        tables=("rank", "size"), wins=("_win", "sum"), mean_rank=("rank", "mean")).reset_index()
     return out.sort_values(["task", "metric", "mean_rank", "solver"]).reset_index(drop=True)
 
 
@@ -537,7 +549,7 @@ def matrix(part: pd.DataFrame) -> pd.DataFrame:
                  for g in groups}
         ranks = rows["rank"].dropna()
         entered = int((rows["status"] != "skipped").sum())
-        cells["wins"] = f"{int((ranks == 1).sum())}/{entered}" if entered else "—"
+        cells["wins"] = f"{int(wins(rows).sum())}/{entered}" if entered else "—"
         cells["mean rank"] = aggregate.format_number(ranks.mean()) if len(ranks) else "—"
         cells["failures"] = str(int(rows["failed"].fillna(0).sum())) if "failed" in rows else "0"
         table[label] = cells
@@ -572,7 +584,9 @@ RULE = ("Rank = 1 + the number of entries that are clearly better: over the repl
         "whole interval is within noise of it. Failed runs, ∞ and invalid values (a density "
         "that does not integrate to 1, a value below the metric's bound beyond noise, a "
         "metric not computed where it applies) are replicates at the worst value: they rank, "
-        "last, and count in the failures column; ⚠ marks a cell with some. Ranking time: the "
+        "last, and count in the failures column; ⚠ marks a cell with some. An entry alone in "
+        "its table is rank 1 of 1: it was compared with nothing, and 'wins' does not count it. "
+        "Ranking time: the "
         "latest evaluation time every solver of the task shares.")
 
 

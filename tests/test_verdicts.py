@@ -373,3 +373,26 @@ def test_a_solvers_own_diagnostics_are_shown_beside_its_score():
     table = leaderboard.detail_table(board).set_index("solver")
     assert table.loc["scvm", "solver diagnostics"] == "ibp_loss=3"  # median over the seeds
     assert table.loc["em", "solver diagnostics"] == ""
+
+
+def test_an_entry_alone_in_its_table_is_rank_one_of_one_and_no_win():
+    from analysis.report import _winners
+
+    rows = [{"task": "ou", "task_config": f"dim={dim}", "task.dim": dim, "t": 0.5, "seed": seed,
+             "status": "ok", "solver": solver, "solver_config": "", "energy": value + 1e-3 * seed,
+             "energy_se": 1e-4, "time_run": 1.0, "error": "", "metric_notes": "{}"}
+            for seed in range(3)
+            for dim, solver, value in ((1, "lonely", 0.5), (2, "lonely", 0.5), (2, "rival", 0.1))]
+    board = leaderboard.build_leaderboard(pd.DataFrame(rows))
+    alone = board[(board["group"] == "dim=1")].iloc[0]
+    assert alone["rank"] == 1 and alone["entries"] == 1
+    assert leaderboard.SOLE_ENTRY in alone["note"]
+    contested = board[board["group"] == "dim=2"].set_index("solver")
+    assert (contested["entries"] == 2).all() and leaderboard.SOLE_ENTRY not in \
+        contested.loc["rival", "note"]
+    assert contested.loc["lonely", "rank"] == 2 and contested.loc["rival", "rank"] == 1
+    wins = leaderboard.summary(board).set_index("solver")["wins"]
+    assert wins["lonely"] == 0 and wins["rival"] == 1
+    cells = leaderboard.matrix(board).set_index("solver")["wins"]
+    assert cells["lonely"] == "0/2" and cells["rival"] == "1/1"
+    assert "lonely (alone in its table)" in _winners(board)
