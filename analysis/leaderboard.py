@@ -305,7 +305,7 @@ def build_leaderboard(frame: pd.DataFrame, metric: str | None = None) -> pd.Data
     Columns: task, metric, group, t, rank, solver, median, ci_low, ci_high,
     n_runs, n_inf, n_failed, failed (n_failed + n_inf), time_run_median,
     status, note, lower_is_better, entries (how many solver configurations
-    the table holds: rank 1 of 1 is not a win).
+    the table ranks, skips not counted: rank 1 of 1 is not a win).
     """
     if frame.empty:
         return pd.DataFrame()
@@ -458,10 +458,10 @@ def _table(task: str, group: str, part: pd.DataFrame, metric: str | None,
         if entries else ({}, {})
     for record in records:
         record["rank"] = ranks.get(record["solver"], np.nan)
-        record["entries"] = len(records)
+        record["entries"] = len(ranks)
         if record["solver"] in ties:
             record["note"] = "; ".join(filter(None, [record["note"], ties[record["solver"]]]))
-        if len(records) == 1:
+        if len(ranks) == 1 and record["solver"] in ranks:
             # rank 1 of 1 compared nothing: it is not a win (matrix, summary and report say so)
             record["note"] = "; ".join(filter(None, [record["note"], SOLE_ENTRY]))
     return records

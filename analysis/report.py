@@ -267,7 +267,7 @@ def _winners(part: pd.DataFrame) -> str:
     lines = []
     for group, rows in sorted(part.groupby("group"), key=lambda kv: aggregate.natural_key(kv[0])):
         first = rows[rows["rank"] == 1]["solver"].tolist()
-        if len(first) == 1 and len(rows) == 1:
+        if len(first) == 1 and len(rows.dropna(subset=["rank"])) == 1:
             first = [f"{first[0]} (alone in its table)"]
         if first:
             lines.append(f"{group}: {', '.join(first)}")

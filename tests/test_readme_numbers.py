@@ -39,12 +39,21 @@ def test_the_run_counts_the_readme_states_are_the_committed_ones(name):
 
 
 def test_the_rank_one_share_the_readme_states_is_the_committed_leaderboards():
-    found = re.search(r"(\d+) % \((\d+) of (\d+); (\d+) %,\s+(\d+) of (\d+), without the "
-                      r"oracle", README)
+    found = re.search(r"(\d+) % \((\d+) of the (\d+)\s+ranked entries; the other (\d+) are "
+                      r"skips\), of which (\d+) are alone in their table and not\s+wins; of the "
+                      r"(\d+) contested entries (\d+) are rank 1 \((\d+) %; (\d+) of (\d+), "
+                      r"(\d+) %, without the\s+oracle", README)
     assert found, "the README's rank-1 share is not where this test reads it"
-    share, first, entries, share_wo, first_wo, entries_wo = map(int, found.groups())
+    (share, first, ranked, skips, alone, contested, first_c, share_c, first_wo, contested_wo,
+     share_wo) = map(int, found.groups())
     board = pd.read_csv(ROOT / "results" / "leaderboard.csv")
-    others = board[board["solver"] != ORACLE]
-    assert (len(board), int((board["rank"] == 1).sum())) == (entries, first)
-    assert (len(others), int((others["rank"] == 1).sum())) == (entries_wo, first_wo)
-    assert round(100 * first / entries) == share and round(100 * first_wo / entries_wo) == share_wo
+    ranks = board.dropna(subset=["rank"])
+    assert (len(ranks), int((ranks["rank"] == 1).sum())) == (ranked, first)
+    assert len(board) - len(ranks) == skips and int((ranks["entries"] == 1).sum()) == alone
+    duel = ranks[ranks["entries"] > 1]
+    others = duel[duel["solver"] != ORACLE]
+    assert (len(duel), int((duel["rank"] == 1).sum())) == (contested, first_c)
+    assert (len(others), int((others["rank"] == 1).sum())) == (contested_wo, first_wo)
+    assert [round(100 * a / b) for a, b in ((first, ranked), (first_c, contested),
+                                            (first_wo, contested_wo))] == \
+        [share, share_c, share_wo]

@@ -383,8 +383,12 @@ def test_an_entry_alone_in_its_table_is_rank_one_of_one_and_no_win():
              "energy_se": 1e-4, "time_run": 1.0, "error": "", "metric_notes": "{}"}
             for seed in range(3)
             for dim, solver, value in ((1, "lonely", 0.5), (2, "lonely", 0.5), (2, "rival", 0.1))]
+    # a solver that skips the table is not an opponent
+    rows.append({**rows[0], "solver": "absent", "status": "skipped", "energy": float("nan"),
+                 "error": "absent does not handle this task"})
     board = leaderboard.build_leaderboard(pd.DataFrame(rows))
-    alone = board[(board["group"] == "dim=1")].iloc[0]
+    assert board[board["solver"] == "absent"]["rank"].isna().all()
+    alone = board[(board["group"] == "dim=1") & (board["solver"] == "lonely")].iloc[0]
     assert alone["rank"] == 1 and alone["entries"] == 1
     assert leaderboard.SOLE_ENTRY in alone["note"]
     contested = board[board["group"] == "dim=2"].set_index("solver")
